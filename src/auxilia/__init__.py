@@ -1,0 +1,42 @@
+"""auxilia: train image classifiers with auxiliary supervision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def train(config: Any = None, *, resume: bool = False, overwrite: bool = False,
+          **overrides: Any) -> Any:
+    """Train a run and return its :class:`~auxilia.engine.RunResult`.
+
+    Args:
+        config: a :class:`~auxilia.config.Config`, a path to a YAML file, a nested dict, or None
+            for the defaults.
+        resume: continue the run folder's last checkpoint exactly.
+        overwrite: replace an existing run folder.
+        **overrides: dotted keys written with ``__`` for the dots, e.g. ``optim__lr=0.1``.
+
+    Example:
+        >>> result = auxilia.train("configs/demo.yaml", train__epochs=5)  # doctest: +SKIP
+        >>> result.test_top1  # doctest: +SKIP
+    """
+    from auxilia.config import Config, parse_config, read_yaml, set_dotted
+    from auxilia.engine import train as engine_train
+
+    if isinstance(config, Config):
+        raw = config.to_dict()
+    elif isinstance(config, dict):
+        raw = dict(config)
+    elif config is not None:
+        raw = read_yaml(Path(config))
+    else:
+        raw = {}
+    for key, value in overrides.items():
+        set_dotted(raw, key.replace("__", "."), value)
+    return engine_train(parse_config(raw), resume=resume, overwrite=overwrite)
+
+
+__all__ = ["__version__", "train"]

@@ -1,0 +1,274 @@
+"""The typed configuration tree: YAML files plus ``key=value`` dotted overrides, validated.
+
+Every section forbids unknown keys. Errors are collected and reported together as a
+:class:`ConfigError` naming the dotted path, what was expected, and the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
+
+from auxilia.data.config import DataConfig, Strict
+from auxilia.recipes import RECIPES, RecipeParams
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and the fix."""
+
+
+class ModelConfig(Strict):
+    """Which backbone to build. ``name`` is one of ``auxilia list models`` or ``timm/<name>``."""
+
+    name: str = "small_cnn"
+    pretrained: bool = False
+    weights: str | None = Field(default=None, description="local state_dict file to load")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the factory")
+    channels_last: bool = False
+
+
+class OptimConfig(Strict):
+    """Optimizer: SGD (optionally Nesterov) or AdamW."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    decay_norm_and_bias: bool = Field(
+        default=True, description="false: no weight decay on normalisation weights and biases")
+    grad_clip: float | None = Field(default=None, gt=0, description="max global grad norm")
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule. Milestones and warm-up are in epochs (fractions allowed).
+
+    ``cosine``: lr·(r + (1−r)·½(1+cos(πk/K))) with r = ``min_lr_ratio``;
+    ``fixmatch_cosine``: lr·cos(7πk/16K) (Sohn et al. 2020); ``multistep``: lr·γ^(milestones passed);
+    ``constant``. A linear warm-up from 0 over ``warmup_epochs`` multiplies any of them.
+    """
+
+    name: Literal["constant", "multistep", "cosine", "fixmatch_cosine"] = "cosine"
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    warmup_epochs: float = Field(default=0.0, ge=0)
+
+
+class TrainConfig(Strict):
+    """Training length, evaluation cadence and numerics."""
+
+    epochs: float | None = Field(default=30, gt=0)
+    steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
+    eval_every: int | None = Field(default=None, gt=0, description="steps; default once per epoch")
+    log_every: int = Field(default=20, gt=0)
+    amp: bool = Field(default=False, description="bf16 autocast (fp16 + grad scaling on CUDA)")
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+    deterministic: bool = True
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    keep_last_evals: int = Field(default=5, ge=1, description="k for the median-of-last-k report")
+
+
+class RunConfig(Strict):
+    """Where the run folder goes and what it holds."""
+
+    dir: str = "runs"
+    name: str | None = Field(default=None, description="default: <source>-<model>-<methods>-s<seed>")
+    tensorboard: bool = True
+    plot: bool = True
+    progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+
+class Config(Strict):
+    """The whole run."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: list[SerializeAsAny[RecipeParams]] = Field(default_factory=list)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Config:
+        if not self.method:
+            self.method = [RECIPES["supervised"].params(name="supervised")]
+        if self.train.steps is None and self.train.epochs is None:
+            raise ValueError("set train.epochs or train.steps")
+        return self
+
+    def run_name(self) -> str:
+        """The run folder's name: ``run.name`` or one derived from the config."""
+        if self.run.name:
+            return self.run.name
+        methods = "+".join(m.name for m in self.method)
+        model = self.model.name.replace("/", "-")
+        return f"{self.data.source}-{model}-{methods}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from defaults), apply ``a.b=value`` overrides, validate.
+
+    Raises:
+        ConfigError: naming the file, key and expected type, with the nearest valid key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return parse_config(raw)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file with the safe loader; the top level must be a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-3``, ``[s1, s2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.1)")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    set_dotted(raw, key.strip(), value)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise ConfigError(f"override key {key!r} is empty")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw nested dict into a :class:`Config`, collecting every error."""
+    raw = dict(raw)
+    errors: list[str] = []
+    methods = _parse_methods(raw.pop("method", None), errors)
+    try:
+        config = Config.model_validate({**raw, "method": methods})
+    except ValidationError as err:
+        errors.extend(_describe(err, Config))
+        config = None
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    assert config is not None
+    return config
+
+
+def _parse_methods(value: Any, errors: list[str]) -> list[RecipeParams]:
+    """``method`` may be a name, a mapping with ``name``, or a list of either."""
+    if value is None:
+        return []
+    entries = value if isinstance(value, list) else [value]
+    parsed: list[RecipeParams] = []
+    for i, entry in enumerate(entries):
+        where = f"method[{i}]" if isinstance(value, list) else "method"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            errors.append(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
+            continue
+        name = entry["name"]
+        if name not in RECIPES:
+            errors.append(f"{where}.name: unknown method {name!r}{_suggest(name, RECIPES)}; "
+                          f"valid: {', '.join(sorted(RECIPES))}")
+            continue
+        params_cls = RECIPES[name].params
+        try:
+            parsed.append(params_cls.model_validate(entry))
+        except ValidationError as err:
+            errors.extend(f"{where}." + e for e in _describe(err, params_cls))
+    return parsed
+
+
+def _suggest(name: str, valid: Any) -> str:
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(err: ValidationError, root: type[BaseModel]) -> list[str]:
+    """Turn pydantic's errors into one line each: path, problem, and the fix."""
+    lines = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        path = _dotted(e["loc"])
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(root, loc[:-1])
+            hint = _suggest(loc[-1], valid)
+            lines.append(f"{path}: unknown key{hint}; valid keys here: {', '.join(valid)}")
+        elif e["type"] == "value_error":
+            lines.append(f"{path or 'config'}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            expected = _expected(root, loc)
+            got = e.get("input")
+            lines.append(f"{path}: {e['msg']}" + (f" (expected {expected}" if expected else " (")
+                         + f"{', ' if expected else ''}got {got!r})")
+    return lines
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    model: Any = root
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+        model = next((a for a in getattr(model, "__args__", ()) if isinstance(a, type)
+                      and issubclass(a, BaseModel)), model)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _fields_at(root: type[BaseModel], loc: list[str]) -> list[str]:
+    model = _model_at(root, loc)
+    return sorted(model.model_fields) if model else []
+
+
+def _expected(root: type[BaseModel], loc: list[str]) -> str:
+    parent = _model_at(root, loc[:-1])
+    if parent is None or loc[-1] not in parent.model_fields:
+        return ""
+    ann = parent.model_fields[loc[-1]].annotation
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")

@@ -1,0 +1,58 @@
+"""Configuration of the data section: which source, where, how to split and augment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CsvFiles(Strict):
+    """CSV files listing images, one per split (e.g. ``train_split.csv`` / ``val_split.csv``)."""
+
+    train: str
+    val: str | None = None
+    test: str | None = None
+    filename_column: str = "filename"
+    label_column: str = "class"
+    image_dir: str | None = Field(
+        default=None,
+        description="folder the file names are relative to (default: the CSV's folder)")
+
+
+class DataConfig(Strict):
+    """Where the images come from and how they are split.
+
+    Fractions are of the training pool: ``val_fraction`` is carved from the official train set
+    (stratified, seeded); ``test_fraction`` is used only by sources without an official test split
+    (``digits``, a ``folder`` without a ``test`` subfolder, ``csv`` without a test file).
+    """
+
+    source: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    labels_per_class: int | None = Field(default=None, ge=1)
+    train_subset: int | None = Field(
+        default=None, ge=1,
+        description="keep this many training samples (stratified), for quick runs")
+    image_size: int | None = Field(
+        default=None, ge=4,
+        description="resize images to this square size (folder/csv: at decode time)")
+    grayscale: bool = False
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    csv: CsvFiles | None = None
+    stl10_unlabeled: bool = Field(
+        default=False, description="stl10: also load the 100,000 unlabeled images as `unlabeled`")
+    augment: Literal["auto", "none"] = "auto"
+    batch_size: int = Field(default=64, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    num_workers: int = Field(default=0, ge=0, description="processes used to decode image files")

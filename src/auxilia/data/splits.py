@@ -1,0 +1,177 @@
+"""Seeded, stratified index splits.
+
+Every helper is pure: the same labels and seed give the same indices, on every machine, whatever
+the global random state. Indices are returned as sorted ``int64`` tensors, so a split keeps the
+original sample order. Work is vectorised; the only Python loops run over classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["SplitError", "labeled_unlabeled", "stratified_split", "stratified_subset"]
+
+
+class SplitError(ValueError):
+    """A split cannot be made as asked (e.g. more labels per class than a class has)."""
+
+
+def _as_labels(labels: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+    """Returns ``labels`` as a 1-D ``int64`` CPU tensor."""
+    out = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+    return out.cpu()
+
+
+def _rank_within_class(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random rank of every sample among the samples of its class (0 = drawn first).
+
+    Args:
+        labels: ``int64`` labels ``[N]``.
+        seed: seed of the shuffle.
+
+    Returns:
+        ``int64`` tensor ``[N]``: sample ``i`` is the ``rank[i]``-th draw of its class.
+    """
+    n = labels.numel()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    order = perm[torch.argsort(labels[perm], stable=True)]
+    sorted_labels = labels[order]
+    # start of each class run in the sorted order
+    is_start = torch.ones(n, dtype=torch.bool)
+    is_start[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    starts = torch.cummax(torch.where(is_start, torch.arange(n), 0), dim=0).values
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n) - starts
+    return rank
+
+
+def _class_quotas(counts: torch.Tensor, n_take: int) -> torch.Tensor:
+    """Splits ``n_take`` over classes proportionally to ``counts`` (largest remainder).
+
+    Args:
+        counts: samples per class.
+        n_take: total to allocate, ``0 <= n_take <= counts.sum()``.
+
+    Returns:
+        ``int64`` quota per class, summing to ``n_take``, each at most the class count.
+    """
+    total = int(counts.sum())
+    exact = counts.double() * n_take / max(total, 1)
+    quota = exact.floor().long()
+    remainder = n_take - int(quota.sum())
+    if remainder > 0:
+        # ties go to the larger class, then the lower class index: deterministic
+        key = (exact - quota.double()) * (total + 1) + counts.double() / (total + 1)
+        quota[torch.argsort(key, descending=True, stable=True)[:remainder]] += 1
+    return torch.minimum(quota, counts)
+
+
+def _take_by_quota(labels: torch.Tensor, quotas: torch.Tensor, seed: int) -> torch.Tensor:
+    """Boolean mask of the samples drawn: the first ``quotas[c]`` random draws of class ``c``."""
+    if labels.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    rank = _rank_within_class(labels, seed)
+    return rank < quotas[labels]
+
+
+def stratified_split(
+    labels: torch.Tensor | np.ndarray | Sequence[int], fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carves a stratified fraction out of a labelled set.
+
+    ``round(fraction * N)`` samples are taken, spread over classes in proportion to their size.
+
+    Args:
+        labels: class labels ``[N]`` (non-negative integers).
+        fraction: share of the samples to take, in ``[0, 1)``.
+        seed: seed of the draw.
+
+    Returns:
+        ``(keep_idx, take_idx)``: sorted ``int64`` indices, disjoint, together covering ``0..N-1``.
+
+    Raises:
+        SplitError: when ``fraction`` is outside ``[0, 1)``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise SplitError(f"fraction must be in [0, 1), got {fraction}")
+    y = _as_labels(labels)
+    n_take = round(fraction * y.numel())
+    return _split_by_count(y, n_take, seed)
+
+
+def _split_by_count(y: torch.Tensor, n_take: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified draw of exactly ``n_take`` samples; returns ``(keep_idx, take_idx)``."""
+    if y.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty.clone()
+    if int(y.min()) < 0:
+        raise SplitError("labels must be non-negative to stratify (found -1: unlabeled samples?)")
+    counts = torch.bincount(y)
+    take = _take_by_quota(y, _class_quotas(counts, n_take), seed)
+    return torch.nonzero(~take).flatten(), torch.nonzero(take).flatten()
+
+
+def stratified_subset(
+    labels: torch.Tensor | np.ndarray | Sequence[int], n: int, seed: int
+) -> torch.Tensor:
+    """Picks ``n`` samples, stratified by class (``train_subset``).
+
+    Args:
+        labels: class labels ``[N]``.
+        n: number of samples to keep; all of them when ``n >= N``.
+        seed: seed of the draw.
+
+    Returns:
+        Sorted ``int64`` indices of the kept samples.
+    """
+    if n < 0:
+        raise SplitError(f"subset size must be >= 0, got {n}")
+    y = _as_labels(labels)
+    if n >= y.numel():
+        return torch.arange(y.numel())
+    return _split_by_count(y, n, seed)[1]
+
+
+def labeled_unlabeled(
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    labels_per_class: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keeps ``labels_per_class`` labelled samples of every class; the rest become unlabeled.
+
+    Args:
+        labels: class labels ``[N]``.
+        labels_per_class: labelled samples kept per class.
+        seed: seed of the draw.
+        class_names: names of all classes (index = label). When given, every one of them must
+            have enough samples, including classes absent from ``labels``; errors name them.
+
+    Returns:
+        ``(labeled_idx, unlabeled_idx)``: sorted, disjoint ``int64`` indices covering ``0..N-1``.
+
+    Raises:
+        SplitError: when a class has fewer than ``labels_per_class`` samples.
+    """
+    if labels_per_class < 1:
+        raise SplitError(f"labels_per_class must be >= 1, got {labels_per_class}")
+    y = _as_labels(labels)
+    if y.numel() and int(y.min()) < 0:
+        raise SplitError("labels must be non-negative (found -1: already unlabeled samples?)")
+    num_classes = max(len(class_names) if class_names else 0, int(y.max()) + 1 if y.numel() else 0)
+    counts = torch.bincount(y, minlength=num_classes)
+    short = torch.nonzero(counts < labels_per_class).flatten().tolist()
+    if short:
+        c = short[0]
+        name = f"{class_names[c]!r} (label {c})" if class_names and c < len(class_names) else str(c)
+        more = f" ({len(short) - 1} more classes are short too)" if len(short) > 1 else ""
+        raise SplitError(
+            f"labels_per_class={labels_per_class} but class {name} has only {int(counts[c])} "
+            f"training samples{more}; lower data.labels_per_class to at most {int(counts.min())}"
+        )
+    quotas = torch.full((num_classes,), labels_per_class, dtype=torch.int64)
+    take = _take_by_quota(y, quotas, seed)
+    return torch.nonzero(take).flatten(), torch.nonzero(~take).flatten()

@@ -1,0 +1,336 @@
+"""The training loop: the only one in auxilia.
+
+Every step: draw index batches from the stream, build the objective's views, run one forward
+per model over the concatenated views, evaluate the objective's terms, step the optimizer.
+Every ``eval_every`` steps: evaluate every exit on val and test, select on val, checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from auxilia.config import Config
+from auxilia.data.streams import IndexStream
+from auxilia.engine import state as run_state
+from auxilia.engine.checkpoint import load_checkpoint
+from auxilia.engine.evaluate import autocast, evaluate
+from auxilia.engine.optim import build_optimizer
+from auxilia.engine.runlog import MetricsLog, Progress, RunFolder
+from auxilia.engine.schedule import lr_factor
+from auxilia.engine.setup import Setup, build_setup
+from auxilia.report import plot_curves, summarize
+from auxilia.terms import Progress as Where
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN/inf; no checkpoint was written for that step."""
+
+
+@dataclass
+class RunResult:
+    """What ``auxilia.train`` returns."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    model: nn.Module = field(repr=False)
+
+    @property
+    def test_top1(self) -> float:
+        """Test top-1 of the main exit at the checkpoint selected on validation."""
+        return float(self.summary["best_val"]["test"]["final/top1"])
+
+    @property
+    def val_top1(self) -> float:
+        return float(self.summary["best_val"]["val"]["final/top1"])
+
+
+@dataclass
+class LoopState:
+    """Counters that travel with the checkpoint."""
+
+    step: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+
+
+def forward_all(models: dict[str, nn.Module], wanted: dict[str, list[str]],
+                batch: dict[str, torch.Tensor]) -> dict[tuple[str, str], Any]:
+    """One forward per model over the concatenation of its views, split back per view."""
+    outputs: dict[tuple[str, str], Any] = {}
+    for name, views in wanted.items():
+        sizes = [batch[v].shape[0] for v in views]
+        x = batch[views[0]] if len(views) == 1 else torch.cat([batch[v] for v in views])
+        out = models[name](x)
+        for i, view in enumerate(views):
+            outputs[(name, view)] = {
+                exit_name: {k: (t if len(views) == 1 else t.split(sizes)[i]) for k, t in f.items()}
+                for exit_name, f in out.items()}
+    return outputs
+
+
+def make_batch(setup: Setup, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Gather the labeled samples ``idx`` and build every view the objective asked for."""
+    split = setup.data.train
+    raw = split.images[idx].to(setup.device, non_blocking=True)
+    batch = {"y_lb": split.labels[idx].to(setup.device), "idx_lb": idx.to(setup.device)}
+    for key, view in setup.train_views.items():
+        x = view(raw)
+        if setup.config.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch[key] = x
+    return batch
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next step boundary; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(config: Config, *, resume: bool = False, overwrite: bool = False,
+          callbacks: Sequence[Callback] = ()) -> RunResult:
+    """Train a run described by ``config`` into ``run.dir/<run name>``.
+
+    Args:
+        config: the validated run configuration.
+        resume: continue the run folder's ``last.pt`` exactly (the config must match).
+        overwrite: replace an existing run folder.
+        callbacks: called as ``cb(step, losses)`` after every optimizer step.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
+        NonFiniteLossError: the loss became NaN/inf (``train.on_nonfinite=stop``).
+    """
+    folder = RunFolder(Path(config.run.dir) / config.run_name())
+    folder.prepare(resume=resume, overwrite=overwrite)
+    checkpoint = load_checkpoint(folder.last) if resume else None
+    if checkpoint is not None:
+        run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
+    setup = build_setup(config)
+    optimizer = build_optimizer(setup.model, config.optim)
+    stream = IndexStream(len(setup.data.train), config.data.batch_size, seed=config.seed)
+    loop = LoopState()
+    if checkpoint is not None:
+        run_state.restore(checkpoint, setup, optimizer, stream, loop)
+    else:
+        folder.write_config(config.to_dict())
+    log = MetricsLog(folder, tensorboard=config.run.tensorboard,
+                     resume_step=loop.step if checkpoint is not None else None)
+    try:
+        _run_loop(setup, optimizer, stream, loop, folder, log, callbacks)
+    finally:
+        log.close()
+    return _finish(setup, loop, folder)
+
+
+def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
+              loop: LoopState, folder: RunFolder, log: MetricsLog,
+              callbacks: Sequence[Callback]) -> None:
+    cfg = setup.config
+    spe = stream.batches_per_epoch
+    total = cfg.train.steps or math.ceil(float(cfg.train.epochs or 1) * spe)
+    eval_every = cfg.train.eval_every or spe
+    scaler = torch.amp.GradScaler("cuda", enabled=_fp16_scaling(setup))
+    models = {"student": setup.model}
+    wanted = setup.objective.inputs()
+    running: dict[str, torch.Tensor] = {}
+    bar = Progress(total, loop.step, cfg.run.progress)
+    batches = iter(stream)
+    t_start = time.perf_counter()
+    setup.model.train()
+    with _StopFlag() as stop:
+        while loop.step < total:
+            where = Where(loop.step, total, spe)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * lr_factor(loop.step, total, spe, cfg.schedule)
+            batch = make_batch(setup, next(batches))
+            losses, outputs = _step(setup, optimizer, scaler, models, wanted, batch, where,
+                                    loop, folder)
+            loop.step += 1
+            _accumulate(running, losses, outputs, batch)
+            for cb in callbacks:
+                cb(loop.step, {k: float(v) for k, v in losses.items()})
+            if loop.step % cfg.train.log_every == 0 or loop.step == total:
+                _log_train(running, loop, optimizer, log, bar, cfg, t_start)
+            if loop.step % eval_every == 0 or loop.step == total:
+                loop.train_seconds += time.perf_counter() - t_start
+                _evaluate_and_save(setup, optimizer, stream, loop, folder, log, bar)
+                t_start = time.perf_counter()
+            if stop.requested:
+                loop.train_seconds += time.perf_counter() - t_start
+                run_state.save(folder.last, setup, optimizer, stream, loop)
+                bar.close()
+                print(f"interrupted at step {loop.step}; checkpoint written to {folder.last}. "
+                      f"Resume with: auxilia train --resume {folder.path}", flush=True)
+                raise KeyboardInterrupt
+    bar.close()
+
+
+def _fp16_scaling(setup: Setup) -> bool:
+    t = setup.config.train
+    return t.amp and t.amp_dtype == "float16" and setup.device.type == "cuda"
+
+
+def _step(setup: Setup, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          models: dict[str, nn.Module], wanted: dict[str, list[str]], batch: dict[str, Any],
+          where: Where, loop: LoopState, folder: RunFolder
+          ) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], Any]]:
+    cfg = setup.config
+    with autocast(setup.device, cfg.train.amp, setup.amp_dtype):
+        outputs = forward_all(models, wanted, batch)
+        losses = setup.objective(outputs, batch, where)
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(losses["loss"]):
+        _nonfinite(cfg, loop, folder, f"loss is {float(losses['loss'])}", losses)
+        return losses, outputs
+    scaler.scale(losses["loss"]).backward()
+    if cfg.optim.grad_clip is not None or cfg.train.on_nonfinite == "skip":
+        scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(),
+                                              cfg.optim.grad_clip or float("inf"))
+        if not torch.isfinite(norm):
+            _nonfinite(cfg, loop, folder, f"gradient norm is {float(norm)}", losses)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+            return losses, outputs
+    scaler.step(optimizer)
+    scaler.update()
+    return losses, outputs
+
+
+def _nonfinite(cfg: Config, loop: LoopState, folder: RunFolder, what: str,
+               losses: dict[str, torch.Tensor]) -> None:
+    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()
+                      if k != "loss")
+    if cfg.train.on_nonfinite == "skip":
+        loop.skipped_steps += 1
+        return
+    last = folder.last if folder.last.is_file() else "none yet"
+    raise NonFiniteLossError(
+        f"{what} at step {loop.step + 1} (terms: {terms}); stopped without writing a "
+        f"checkpoint. Last good checkpoint: {last}. Try a lower optim.lr, optim.grad_clip, "
+        "or train.on_nonfinite=skip")
+
+
+def _accumulate(running: dict[str, Any], losses: dict[str, torch.Tensor],
+                outputs: dict[tuple[str, str], Any], batch: dict[str, torch.Tensor]) -> None:
+    for key, value in losses.items():
+        running[key] = running.get(key, 0) + value.detach().float()
+    main = outputs.get(("student", "x_lb"))
+    if main is not None:
+        hits = (main["final"]["logits"].argmax(1) == batch["y_lb"]).sum()
+        running["_correct"] = running.get("_correct", 0) + hits
+        running["_seen"] = running.get("_seen", 0) + batch["y_lb"].shape[0]
+    running["_steps"] = running.get("_steps", 0) + 1
+
+
+def _log_train(running: dict[str, Any], loop: LoopState, optimizer: torch.optim.Optimizer,
+               log: MetricsLog, bar: Progress, cfg: Config, t_start: float) -> None:
+    n = max(1, int(running.pop("_steps", 1)))
+    seen = int(running.pop("_seen", 0))
+    correct = float(running.pop("_correct", 0))
+    record: dict[str, Any] = {"step": loop.step, "lr": optimizer.param_groups[0]["lr"]}
+    record.update({f"train/{k}": float(v) / n for k, v in running.items()})
+    if seen:
+        record["train/top1"] = 100.0 * correct / seen
+    running.clear()
+    log.write(record)
+    acc = f" acc {record['train/top1']:.1f}%" if seen else ""
+    bar.update(loop.step, f"loss {record['train/loss']:.4f}{acc} lr {record['lr']:.4g}")
+
+
+def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
+                       loop: LoopState, folder: RunFolder, log: MetricsLog, bar: Progress) -> None:
+    cfg = setup.config
+    kwargs = dict(batch_size=cfg.data.eval_batch_size, device=setup.device, amp=cfg.train.amp,
+                  amp_dtype=setup.amp_dtype, channels_last=cfg.model.channels_last)
+    record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / stream.batches_per_epoch}
+    for name, split in (("val", setup.data.val), ("test", setup.data.test)):
+        if len(split):
+            metrics = evaluate(setup.model, split, setup.eval_view, **kwargs)
+            record.update({f"{name}/{k}": v for k, v in metrics.items()})
+    loop.evals.append(record)
+    log.write(record)
+    improved = _is_better(record, loop.best)
+    if improved:
+        loop.best = {"step": loop.step,
+                     "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
+                     "test": {k[5:]: v for k, v in record.items() if k.startswith("test/")}}
+    run_state.save(folder.last, setup, optimizer, stream, loop)
+    if improved:
+        run_state.save(folder.best, setup, optimizer, stream, loop)
+    bar.message(_eval_line(record))
+
+
+def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Selection on validation only: higher val top-1 of the main exit, then lower val loss."""
+    if "val/final/top1" not in record:
+        return True  # no validation split: the latest model is the selected one
+    if best is None:
+        return True
+    key = (record["val/final/top1"], -record["val/loss"])
+    return key > (best["val"]["final/top1"], -best["val"]["loss"])
+
+
+def _eval_line(record: dict[str, Any]) -> str:
+    exits = sorted({k.split("/")[1] for k in record if k.endswith("/top1")})
+    parts = [f"eval step {record['step']} (epoch {record['epoch']:.1f})"]
+    for split in ("val", "test"):
+        accs = " ".join(f"{e} {record[f'{split}/{e}/top1']:.2f}" for e in exits
+                        if f"{split}/{e}/top1" in record)
+        if accs:
+            parts.append(f"{split} top1: {accs}")
+    return " | ".join(parts)
+
+
+def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
+    cfg = setup.config
+    summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
+    images = loop.step * cfg.data.batch_size * max(1, len(setup.train_views))
+    summary.update({
+        "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
+        "train_seconds": round(loop.train_seconds, 3),
+        "train_images_per_s": round(images / max(loop.train_seconds, 1e-9), 1),
+        "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip())},
+        "exits": list(setup.model.exits), "methods": [m.name for m in cfg.method],
+        "notes": setup.data.notes,
+    })
+    run_state.write_json(folder.summary, summary)
+    if cfg.run.plot:
+        plot_curves(folder.read_records(), folder.curves)
+    return RunResult(folder.path, summary, setup.model)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

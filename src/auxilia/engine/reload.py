@@ -1,0 +1,55 @@
+"""Rebuild a trained model from a run folder or a checkpoint file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from auxilia.config import parse_config
+from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.evaluate import evaluate
+from auxilia.engine.setup import Setup, build_setup
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint file, or ``<run>/checkpoints/{best,last}.pt`` for a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        candidate = p / "checkpoints" / f"{which}.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
+                                  "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")
+        return candidate
+    if not p.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {p}")
+    return p
+
+
+def load_run(path: str | Path, which: str = "best", device: str | None = None
+             ) -> tuple[Setup, dict[str, Any]]:
+    """Rebuild data, model and objective from a checkpoint's own config and load its weights."""
+    ckpt_path = resolve_checkpoint(path, which)
+    checkpoint = load_checkpoint(ckpt_path)
+    raw = checkpoint["config"]
+    if device is not None:
+        raw["train"]["device"] = device
+    setup = build_setup(parse_config(raw))
+    setup.model.load_state_dict(checkpoint["model"])
+    setup.model.eval()
+    return setup, checkpoint
+
+
+def evaluate_run(path: str | Path, which: str = "best", splits: tuple[str, ...] = ("val", "test")
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Per-split, per-exit accuracy of a saved model. Returns (metrics, checkpoint)."""
+    setup, checkpoint = load_run(path, which)
+    cfg = setup.config
+    results = {}
+    for name in splits:
+        split = getattr(setup.data, name)
+        if len(split):
+            results[name] = evaluate(
+                setup.model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
+                device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                channels_last=cfg.model.channels_last)
+    return results, checkpoint

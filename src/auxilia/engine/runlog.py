@@ -1,0 +1,126 @@
+"""The run folder and what is logged into it: metrics.jsonl, TensorBoard, progress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RunFolderError(FileExistsError):
+    """The run folder exists (or is missing, on resume); the message says what to do."""
+
+
+class RunFolder:
+    """Paths of a run folder.
+
+    Layout: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/``, ``curves.png``,
+    ``summary.json``, ``checkpoints/{last,best}.pt``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.tensorboard = self.path / "tb"
+        self.curves = self.path / "curves.png"
+        self.summary = self.path / "summary.json"
+        self.last = self.path / "checkpoints" / "last.pt"
+        self.best = self.path / "checkpoints" / "best.pt"
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the folder; never overwrite an existing run unless asked to."""
+        if resume:
+            if not self.last.is_file():
+                raise RunFolderError(f"cannot resume: {self.last} does not exist; start the run "
+                                     "without --resume")
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise RunFolderError(f"run folder {self.path} already exists; pass --overwrite "
+                                     "to replace it, --resume to continue it, or set run.name")
+            shutil.rmtree(self.path)
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def read_records(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` plus TensorBoard scalars.
+
+    On resume, records after the checkpoint's step are dropped (they will be written again).
+    """
+
+    def __init__(self, folder: RunFolder, *, tensorboard: bool, resume_step: int | None) -> None:
+        self.folder = folder
+        if resume_step is not None:
+            kept = [r for r in folder.read_records() if r["step"] <= resume_step]
+            folder.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = folder.metrics.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(folder.tensorboard), purge_step=purge)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A rich progress bar on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, start: int, mode: str) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "plain"
+        self.mode = mode
+        self.total = total
+        self._bar = None
+        self._t0 = time.perf_counter()
+        if mode == "bar":
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.description}"))
+            self._task = self._bar.add_task("", total=total, completed=start)
+            self._bar.start()
+
+    def update(self, step: int, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, description=text)
+        elif self.mode == "plain":
+            print(f"step {step}/{self.total} {text}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        elif self.mode != "off":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

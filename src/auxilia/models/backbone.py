@@ -1,0 +1,48 @@
+"""The backbone contract every model in auxilia answers.
+
+A backbone is a feature extractor cut into named stages. ``forward(x)`` returns the feature map
+of every stage in one pass, so that heads can attach to any of them (deep supervision, projection
+heads, self-distillation) without a second forward. The last stage is the one the main classifier
+pools.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class: a network with named stage exits.
+
+    Subclasses set, in ``__init__``:
+        stage_names: exit names in depth order, ``("s1", ..., "sN")``.
+        stage_channels: channels of each stage's feature map.
+        stage_strides: total down-sampling of each stage relative to the input.
+
+    ``forward(x)`` with ``x`` of shape ``[B, C_in, H, W]`` returns ``{name: [B, C_s, H_s, W_s]}``
+    for every stage, in depth order.
+    """
+
+    family: ClassVar[str] = "own"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_names: tuple[str, ...] = ()
+        self.stage_channels: dict[str, int] = {}
+        self.stage_strides: dict[str, int] = {}
+
+    @property
+    def last_stage(self) -> str:
+        """Name of the deepest stage, the one the main classifier pools."""
+        return self.stage_names[-1]
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the deepest stage: the main classifier's input width."""
+        return self.stage_channels[self.last_stage]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,118 @@
+"""Model registry: our zoo by name, and any timm model as ``"timm/<name>"``.
+
+Each zoo module defines a ``MODELS`` dict of its factories; this module merges them. A factory
+takes keyword arguments ``in_chans`` and ``image_size`` (ignored by fully convolutional models)
+plus model-specific options, and returns a :class:`~auxilia.models.backbone.Backbone`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from auxilia.models.backbone import Backbone
+from auxilia.models.timm_backbone import TimmBackbone, read_state_dict
+from auxilia.models.zoo import cifar_resnet, convnet13, resnet, small_cnn, wrn
+
+TIMM_PREFIX = "timm/"
+
+_ZOO_MODULES: tuple[ModuleType, ...] = (cifar_resnet, resnet, wrn, convnet13, small_cnn)
+
+
+def _merge(modules: tuple[ModuleType, ...]) -> dict[str, Callable[..., Backbone]]:
+    """Union of the modules' ``MODELS`` dicts; a name defined twice is a bug."""
+    merged: dict[str, Callable[..., Backbone]] = {}
+    for module in modules:
+        for name, factory in module.MODELS.items():
+            if name in merged:
+                raise RuntimeError(f"model name {name!r} registered twice ({module.__name__})")
+            merged[name] = factory
+    return merged
+
+
+MODELS: dict[str, Callable[..., Backbone]] = _merge(_ZOO_MODULES)
+
+
+def list_models() -> list[str]:
+    """Names of our zoo models, sorted.
+
+    Any timm architecture also works as ``"timm/<name>"`` (see ``timm.list_models()``); those are
+    not listed here.
+    """
+    return sorted(MODELS)
+
+
+def _unknown(name: str) -> ValueError:
+    """The error for a name that is neither in the zoo nor prefixed ``timm/``."""
+    close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(
+        f"unknown model {name!r}.{hint} Valid names: {', '.join(list_models())}, "
+        f"or '{TIMM_PREFIX}<name>' for any timm model."
+    )
+
+
+def load_zoo_weights(model: Backbone, path: str | Path) -> None:
+    """Load a local state_dict into a zoo model, strictly.
+
+    Raises:
+        ValueError: keys or shapes differ, naming the file and the first mismatching keys.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: {len(missing)} missing keys "
+            f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
+            f"{len(wrong)} with other shapes {wrong[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def create_backbone(
+    name: str,
+    *,
+    in_chans: int = 3,
+    image_size: int = 32,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> Backbone:
+    """Build a backbone by name.
+
+    Args:
+        name: a zoo name (see :func:`list_models`) or ``"timm/<timm name>"``.
+        in_chans: input channels.
+        image_size: input side; used by models that need it (timm ViT / Mixer, ConvNet-13 check).
+        pretrained: timm models only: download timm's weights. Our zoo ships none.
+        weights: local state_dict file (``.pth``, ``.pt``, ``.safetensors``). Loaded strictly into
+            zoo models, non-strictly (classifier keys aside) into timm models.
+        **kwargs: model options, e.g. ``dropout=0.3`` for WRNs, ``drop_path_rate`` for timm.
+
+    Returns:
+        The backbone, in training mode.
+
+    Raises:
+        ValueError: unknown name (with the closest valid ones), ``pretrained`` on a zoo model, or
+            weights that do not fit.
+    """
+    if name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name, in_chans=in_chans, image_size=image_size,
+                            pretrained=pretrained, weights=weights, **kwargs)
+    if name not in MODELS:
+        raise _unknown(name)
+    if pretrained:
+        raise ValueError(
+            f"no pretrained weights are shipped for {name!r}; pass weights='path/to/state_dict' "
+            f"(.pth, .pt or .safetensors), or use a '{TIMM_PREFIX}<name>' model with pretrained"
+        )
+    model = MODELS[name](in_chans=in_chans, image_size=image_size, **kwargs)
+    if weights is not None:
+        load_zoo_weights(model, weights)
+    return model

@@ -1,0 +1,189 @@
+"""Terms and objectives: a method is a set of weighted losses that read model outputs by reference.
+
+A :class:`Term` is an ``nn.Module`` (so state such as prediction banks is checkpointed with the
+run) that names the outputs it reads as :class:`Ref` s. An :class:`Objective` is a named set of
+terms plus the heads and views they need; objectives combine with ``|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from auxilia.losses import cross_entropy
+from auxilia.models.heads import HeadSpec
+
+Batch = Mapping[str, torch.Tensor]
+# outputs[(model, view)][exit][field]
+Outputs = Mapping[tuple[str, str], Mapping[str, Mapping[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to one output tensor: ``model`` run on ``view``, at ``exit``, field ``field``."""
+
+    view: str
+    exit: str = "final"
+    field: str = "logits"
+    model: str = "student"
+
+    def read(self, outputs: Outputs) -> torch.Tensor:
+        """Fetch the tensor, or fail naming what is there instead."""
+        by_view = outputs.get((self.model, self.view))
+        if by_view is None:
+            raise KeyError(f"no outputs of {self.model} on view {self.view!r}; "
+                           f"computed: {sorted(outputs)}")
+        if self.exit not in by_view:
+            raise KeyError(f"{self.model} has no exit {self.exit!r}; exits: {sorted(by_view)}")
+        fields = by_view[self.exit]
+        if self.field not in fields:
+            raise KeyError(f"exit {self.exit!r} has no {self.field!r} output (no such head "
+                           f"attached); fields: {sorted(fields)}")
+        return fields[self.field]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: the optimizer step about to be taken and its share of the run."""
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        return self.step / max(1, self.steps_per_epoch)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+class Term(nn.Module):
+    """One weighted loss. Subclasses implement :meth:`compute` and list their :meth:`refs`."""
+
+    def __init__(self, name: str, weight: float = 1.0) -> None:
+        super().__init__()
+        self.name = name
+        self.weight = float(weight)
+
+    def refs(self) -> tuple[Ref, ...]:
+        raise NotImplementedError
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight_at(self, progress: Progress) -> float:
+        """The weight at this point of training (constant here; ramps override it)."""
+        return self.weight
+
+    def signature(self) -> tuple[Any, ...]:
+        """What makes two terms the same term: type, weight, references and options."""
+        return (type(self).__name__, self.weight, self.refs(), self.options())
+
+    def options(self) -> tuple[Any, ...]:
+        return ()
+
+
+class CrossEntropy(Term):
+    """Cross-entropy of the logits at ``ref`` against the labels ``batch[target]``."""
+
+    def __init__(self, name: str, ref: Ref, target: str = "y_lb", weight: float = 1.0,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(name, weight)
+        self.ref = ref
+        self.target = target
+        self.label_smoothing = label_smoothing
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (self.ref,)
+
+    def options(self) -> tuple[Any, ...]:
+        return (self.target, self.label_smoothing)
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        return cross_entropy(self.ref.read(outputs), batch[self.target], self.label_smoothing)
+
+
+class Objective(nn.Module):
+    """A named set of terms, with the heads and views they need.
+
+    Args:
+        terms: the weighted losses; names must be unique.
+        heads: heads the terms read (attached to the student before training).
+        views: batch key → view recipe name, e.g. ``{"x_lb": "weak"}``.
+    """
+
+    def __init__(self, terms: Sequence[Term] = (), heads: Sequence[HeadSpec] = (),
+                 views: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict()
+        self.heads: dict[str, HeadSpec] = {}
+        self.views: dict[str, str] = {}
+        for term in terms:
+            self._add_term(term)
+        for spec in heads:
+            self._add_head(spec)
+        for key, recipe in (views or {}).items():
+            self._add_view(key, recipe)
+
+    def _add_term(self, term: Term) -> None:
+        if term.name in self.terms:
+            old = self.terms[term.name]
+            if old.signature() != term.signature():  # type: ignore[operator]
+                raise ValueError(f"two terms named {term.name!r} differ: {old.signature()} vs "
+                                 f"{term.signature()}; rename one or make them agree")
+            return
+        self.terms[term.name] = term
+
+    def _add_head(self, spec: HeadSpec) -> None:
+        old = self.heads.get(spec.key)
+        if old is not None and old != spec:
+            raise ValueError(f"two recipes want different {spec.field!r} heads on exit "
+                             f"{spec.exit!r}: {old} vs {spec}")
+        self.heads[spec.key] = spec
+
+    def _add_view(self, key: str, recipe: str) -> None:
+        old = self.views.get(key)
+        if old is not None and old != recipe:
+            raise ValueError(f"two recipes want view {key!r} augmented differently: "
+                             f"{old!r} vs {recipe!r}")
+        self.views[key] = recipe
+
+    def __or__(self, other: Objective) -> Objective:
+        combined = Objective(list(self.terms.values()), list(self.heads.values()), self.views)
+        for term in other.terms.values():
+            combined._add_term(term)  # type: ignore[arg-type]
+        for spec in other.heads.values():
+            combined._add_head(spec)
+        for key, recipe in other.views.items():
+            combined._add_view(key, recipe)
+        return combined
+
+    def inputs(self) -> dict[str, list[str]]:
+        """Model name → the views it must be run on, in a stable order."""
+        wanted: dict[str, list[str]] = {}
+        for term in self.terms.values():
+            for ref in term.refs():  # type: ignore[operator]
+                views = wanted.setdefault(ref.model, [])
+                if ref.view not in views:
+                    views.append(ref.view)
+        return wanted
+
+    def forward(self, outputs: Outputs, batch: Batch, progress: Progress
+                ) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": Σ w·term, <term name>: unweighted value, ...}``."""
+        parts: dict[str, torch.Tensor] = {}
+        total: torch.Tensor | None = None
+        for name, term in self.terms.items():
+            value = term.compute(outputs, batch, progress)
+            parts[name] = value.detach()
+            weighted = term.weight_at(progress) * value
+            total = weighted if total is None else total + weighted
+        if total is None:
+            raise ValueError("the objective has no terms")
+        return {"loss": total, **parts}

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests never touch the network: hub look-ups are switched off."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real datasets beside the repository (``../shared/data``), or a skip."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):
+    """A digits run small enough for a few seconds of CPU, writing into ``tmp_path``."""
+    from auxilia.config import load_config
+
+    def make(*overrides: str):
+        return load_config(None, [f"run.dir={tmp_path / 'runs'}", "run.progress=off",
+                                  "run.tensorboard=false", "run.plot=false", "train.epochs=2",
+                                  "data.batch_size=64", *overrides])
+
+    return make

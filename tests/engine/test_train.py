@@ -1,0 +1,123 @@
+"""End to end on the embedded digits: accuracy, run folder, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from auxilia.cli import main as cli
+from auxilia.config import load_config
+from auxilia.engine import NonFiniteLossError, train
+from auxilia.engine.checkpoint import load_checkpoint
+from auxilia.engine.runlog import RunFolderError
+from auxilia.engine.state import IncompatibleResumeError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_demo_reaches_97_percent_and_fills_the_run_folder(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs" / "demo.yaml",
+                         [f"run.dir={tmp_path}", "run.progress=off"])
+    result = train(config)
+    assert result.test_top1 >= 97.0, result.summary
+    folder = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "summary.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (folder / name).is_file(), name
+    assert any((folder / "tb").glob("events.out.tfevents.*"))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert set(summary["exits"]) == {"s1", "s2", "s3", "final"}
+    for exit_name in ("s1", "s2", "final"):  # every exit with a classifier is evaluated
+        assert f"{exit_name}/top1" in summary["best_val"]["val"]
+        assert f"{exit_name}/top5" in summary["best_val"]["test"]
+    assert summary["params"]["deployed"] < summary["params"]["total"]
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/ce_s1" in r for r in records)
+
+
+def _interrupt_at(step: int):
+    def callback(current: int, losses: dict) -> None:
+        if current == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return callback
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tiny_config) -> None:
+    overrides = ["method=deep_supervision", "train.eval_every=7", "train.epochs=3"]
+    reference = train(tiny_config(*overrides, "run.name=straight"))
+    config = tiny_config(*overrides, "run.name=broken")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_interrupt_at(10)])
+    saved = load_checkpoint(reference.run_dir.parent / "broken" / "checkpoints" / "last.pt")
+    assert saved["loop"]["step"] == 10
+    resumed = train(config, resume=True)
+    assert resumed.summary["last"] == reference.summary["last"]
+    assert resumed.summary["best_val"] == reference.summary["best_val"]
+    for (name, a), b in zip(reference.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((reference.run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_existing_run_folder_is_never_overwritten_silently(tiny_config) -> None:
+    config = tiny_config("train.steps=3")
+    train(config)
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        train(config)
+    train(config, overwrite=True)
+
+
+def test_resume_with_a_different_config_says_what_differs(tiny_config) -> None:
+    train(tiny_config("train.steps=3", "run.name=r"))
+    with pytest.raises(IncompatibleResumeError, match=r"optim\.lr: checkpoint has 0\.05"):
+        train(tiny_config("train.steps=3", "run.name=r", "optim.lr=0.2"), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config) -> None:
+    config = tiny_config("optim.lr=1e12", "train.eval_every=1", "train.steps=50")
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as err:
+        train(config)
+    folder = Path(config.run.dir) / config.run_name()
+    last = load_checkpoint(folder / "checkpoints" / "last.pt")
+    assert f"step {last['loop']['step'] + 1}" in str(err.value)
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_steps_can_be_skipped(tiny_config) -> None:
+    result = train(tiny_config("optim.lr=1e12", "train.steps=20", "train.on_nonfinite=skip"))
+    assert result.summary["skipped_steps"] > 0
+
+
+def test_bf16_autocast_trains(tiny_config) -> None:
+    result = train(tiny_config("train.amp=true", "model.channels_last=true", "train.steps=20"))
+    assert result.summary["steps"] == 20
+
+
+def test_cli_train_eval_and_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [f"run.dir={tmp_path}", "run.name=cli", "train.steps=20", "run.progress=plain",
+            "method=deep_supervision"]
+    assert cli(["train", *args]) == 0
+    out = capsys.readouterr().out
+    assert "eval step 20" in out and "step 20/20" in out
+    assert cli(["eval", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "s1" in out and "final" in out and "test top1" in out
+    assert cli(["train", *args]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    for what, expected in (("methods", "deep_supervision"), ("models", "resnet20"),
+                           ("datasets", "cifar10")):
+        assert cli(["list", what]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert cli(["train", "model.name=resnet21", "run.progress=off"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet21" in err and "resnet20" in err and "Traceback" not in err

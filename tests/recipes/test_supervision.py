@@ -1,0 +1,58 @@
+"""Every term of every recipe is non-zero and sends gradient where it must (and nowhere else)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auxilia.config import load_config
+from auxilia.engine.loop import forward_all, make_batch
+from auxilia.engine.setup import build_setup
+from auxilia.recipes import RECIPES
+from auxilia.terms import Progress
+
+
+def _setup(method: str):
+    config = load_config(None, [f"method={method}", "data.batch_size=32", "train.device=cpu"])
+    return build_setup(config)
+
+
+@pytest.mark.parametrize("method", sorted(RECIPES))
+def test_every_term_is_nonzero_and_reaches_the_student(method: str) -> None:
+    setup = _setup(method)
+    batch = make_batch(setup, torch.arange(32))
+    outputs = forward_all({"student": setup.model}, setup.objective.inputs(), batch)
+    where = Progress(0, 100, 10)
+    for name, term in setup.objective.terms.items():
+        setup.model.zero_grad(set_to_none=True)
+        value = term.compute(outputs, batch, where)
+        assert value.item() > 0, name
+        value.backward(retain_graph=True)
+        grads = {n: p.grad for n, p in setup.model.named_parameters()}
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items()
+                   if n.startswith("backbone.")), f"{name} sends no gradient to the backbone"
+
+
+def test_auxiliary_term_trains_its_head_and_earlier_stages_only() -> None:
+    setup = _setup("[{name: deep_supervision, exits: {s1: 0.5}}]")
+    batch = make_batch(setup, torch.arange(32))
+    outputs = forward_all({"student": setup.model}, setup.objective.inputs(), batch)
+    setup.objective.terms["ce_s1"].compute(outputs, batch, Progress(0, 1, 1)).backward()
+    grads = {n: p.grad for n, p in setup.model.named_parameters()}
+    assert grads["heads.s1__logits.fc.weight"].abs().sum() > 0
+    assert grads["classifier.weight"] is None
+    touched = {n.split(".")[1] for n, g in grads.items()
+               if n.startswith("backbone.") and g is not None}
+    assert touched, "no backbone gradient from the auxiliary classifier"
+
+
+def test_deep_supervision_default_exits_are_all_but_the_last_stage() -> None:
+    setup = _setup("deep_supervision")
+    stages = setup.model.backbone.stage_names
+    assert set(setup.objective.terms) == {"ce", *(f"ce_{s}" for s in stages[:-1])}
+    assert sorted(setup.model.head_specs) == sorted(f"{s}__logits" for s in stages[:-1])
+
+
+def test_unknown_exit_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="not exits of this model; valid: s1, s2, s3"):
+        _setup("[{name: deep_supervision, exits: {s7: 0.5}}]")
