@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from auxilia.data.config import DataConfig, Strict
 from auxilia.recipes import RECIPES, RecipeParams
@@ -49,8 +56,9 @@ class ScheduleConfig(Strict):
     """Learning-rate schedule. Milestones and warm-up are in epochs (fractions allowed).
 
     ``cosine``: lr·(r + (1−r)·½(1+cos(πk/K))) with r = ``min_lr_ratio``;
-    ``fixmatch_cosine``: lr·cos(7πk/16K) (Sohn et al. 2020); ``multistep``: lr·γ^(milestones passed);
-    ``constant``. A linear warm-up from 0 over ``warmup_epochs`` multiplies any of them.
+    ``fixmatch_cosine``: lr·cos(7πk/16K) (Sohn et al. 2020); ``multistep``:
+    lr·γ^(milestones passed); ``constant``. A linear warm-up from 0 over ``warmup_epochs``
+    multiplies any of them.
     """
 
     name: Literal["constant", "multistep", "cosine", "fixmatch_cosine"] = "cosine"
@@ -79,10 +87,17 @@ class RunConfig(Strict):
     """Where the run folder goes and what it holds."""
 
     dir: str = "runs"
-    name: str | None = Field(default=None, description="default: <source>-<model>-<methods>-s<seed>")
+    name: str | None = Field(default=None,
+                             description="default: <source>-<model>-<methods>-s<seed>")
     tensorboard: bool = True
     plot: bool = True
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class Config(Strict):
@@ -144,12 +159,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, "
+                          f"got {type(data).__name__}")
     return data
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-3``, ``[s1, s2]``)."""
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-3``, ``[a, b]``)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.1)")
     key, _, text = item.partition("=")
@@ -202,7 +218,8 @@ def _parse_methods(value: Any, errors: list[str]) -> list[RecipeParams]:
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict) or "name" not in entry:
-            errors.append(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
+            errors.append(f"{where}: expected a method name or a mapping with 'name', "
+                          f"got {entry!r}")
             continue
         name = entry["name"]
         if name not in RECIPES:
@@ -271,4 +288,6 @@ def _expected(root: type[BaseModel], loc: list[str]) -> str:
     if parent is None or loc[-1] not in parent.model_fields:
         return ""
     ann = parent.model_fields[loc[-1]].annotation
+    if get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(ann))
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")

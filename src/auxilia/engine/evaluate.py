@@ -12,7 +12,8 @@ from auxilia.data.types import Split
 from auxilia.losses import topk_correct
 
 
-def autocast(device: torch.device, enabled: bool, dtype: torch.dtype) -> contextlib.AbstractContextManager[None]:
+def autocast(device: torch.device, enabled: bool, dtype: torch.dtype
+             ) -> contextlib.AbstractContextManager[None]:
     """Mixed precision on the given device, or a no-op."""
     if not enabled:
         return contextlib.nullcontext()

@@ -133,11 +133,13 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         NonFiniteLossError: the loss became NaN/inf (``train.on_nonfinite=stop``).
     """
     folder = RunFolder(Path(config.run.dir) / config.run_name())
-    folder.prepare(resume=resume, overwrite=overwrite)
+    folder.check(resume=resume, overwrite=overwrite)
     checkpoint = load_checkpoint(folder.last) if resume else None
     if checkpoint is not None:
         run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
-    setup = build_setup(config)
+    setup = build_setup(config)  # fails on bad names before any folder is touched
+    if checkpoint is None:
+        folder.create()
     optimizer = build_optimizer(setup.model, config.optim)
     stream = IndexStream(len(setup.data.train), config.data.batch_size, seed=config.seed)
     loop = LoopState()
@@ -180,7 +182,7 @@ def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStrea
             loop.step += 1
             _accumulate(running, losses, outputs, batch)
             for cb in callbacks:
-                cb(loop.step, {k: float(v) for k, v in losses.items()})
+                cb(loop.step, {k: float(v.detach()) for k, v in losses.items()})
             if loop.step % cfg.train.log_every == 0 or loop.step == total:
                 _log_train(running, loop, optimizer, log, bar, cfg, t_start)
             if loop.step % eval_every == 0 or loop.step == total:
@@ -212,7 +214,7 @@ def _step(setup: Setup, optimizer: torch.optim.Optimizer, scaler: torch.amp.Grad
         losses = setup.objective(outputs, batch, where)
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(losses["loss"]):
-        _nonfinite(cfg, loop, folder, f"loss is {float(losses['loss'])}", losses)
+        _nonfinite(cfg, loop, folder, f"loss is {float(losses['loss'].detach())}", losses)
         return losses, outputs
     scaler.scale(losses["loss"]).backward()
     if cfg.optim.grad_clip is not None or cfg.train.on_nonfinite == "skip":
@@ -273,6 +275,14 @@ def _log_train(running: dict[str, Any], loop: LoopState, optimizer: torch.optim.
 def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
                        loop: LoopState, folder: RunFolder, log: MetricsLog, bar: Progress) -> None:
     cfg = setup.config
+    bad = [n for n, t in setup.model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        last = folder.last if folder.last.is_file() else "none yet"
+        raise NonFiniteLossError(
+            f"weights became non-finite by step {loop.step} ({', '.join(bad[:3])}...); "
+            f"stopped without writing a checkpoint. Last good checkpoint: {last}. "
+            "Try a lower optim.lr or optim.grad_clip")
     kwargs = dict(batch_size=cfg.data.eval_batch_size, device=setup.device, amp=cfg.train.amp,
                   amp_dtype=setup.amp_dtype, channels_last=cfg.model.channels_last)
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / stream.batches_per_epoch}

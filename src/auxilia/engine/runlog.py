@@ -33,19 +33,21 @@ class RunFolder:
         self.last = self.path / "checkpoints" / "last.pt"
         self.best = self.path / "checkpoints" / "best.pt"
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder; never overwrite an existing run unless asked to."""
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse to start over an existing run (unless asked) or to resume a missing one."""
         if resume:
             if not self.last.is_file():
                 raise RunFolderError(f"cannot resume: {self.last} does not exist; start the run "
                                      "without --resume")
-            return
-        if self.path.exists() and any(self.path.iterdir()):
-            if not overwrite:
-                raise RunFolderError(f"run folder {self.path} already exists; pass --overwrite "
-                                     "to replace it, --resume to continue it, or set run.name")
+        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+            raise RunFolderError(f"run folder {self.path} already exists; pass --overwrite "
+                                 "to replace it, --resume to continue it, or set run.name")
+
+    def create(self) -> None:
+        """Create an empty run folder, replacing an existing one (``check`` allowed it)."""
+        if self.path.exists():
             shutil.rmtree(self.path)
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(parents=True)
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -100,8 +102,14 @@ class Progress:
         self._bar = None
         self._t0 = time.perf_counter()
         if mode == "bar":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(),

@@ -56,7 +56,7 @@ class ClassifierHead(nn.Module):
 HeadFactory = Callable[..., nn.Module]
 
 HEADS: dict[str, HeadFactory] = {
-    "classifier": lambda in_channels, num_classes, **kw: ClassifierHead(in_channels, num_classes, **kw),
+    "classifier": ClassifierHead,
 }
 
 
