@@ -78,9 +78,10 @@ def build_setup(config: Config, data: DatasetSplits | None = None) -> Setup:
                  _view("eval", data, device))
 
 
-def _view(name: str, data: DatasetSplits, device: torch.device) -> nn.Module:
+def _view(name: str, data: DatasetSplits, device: torch.device, augment: str = "auto"
+          ) -> nn.Module:
     size = data.image_shape[1]
-    return build_view(name, data.family, data.mean, data.std, size).to(device)
+    return build_view(name, data.family, data.mean, data.std, size, augment).to(device)
 
 
 def _views(config: Config, data: DatasetSplits, objective: Objective, device: torch.device
@@ -90,6 +91,5 @@ def _views(config: Config, data: DatasetSplits, objective: Objective, device: to
         if not key.startswith("x_lb"):
             raise ValueError(f"the objective asks for view {key!r}, which needs an unlabeled "
                              "stream; this version trains on labeled views (x_lb, x_lb2) only")
-        name = "eval" if config.data.augment == "none" else recipe
-        views[key] = _view(name, data, device)
+        views[key] = _view(recipe, data, device, config.data.augment)
     return views
