@@ -41,12 +41,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_loss.set_yscale("log")
     exits = sorted({k.split("/")[1] for r in evals for k in r if k.endswith("/top1")})
-    for split, style in (("val", "-"), ("test", "--")):
-        for exit_name in exits:
+    for i, exit_name in enumerate(exits):  # one colour per exit: val solid, test dashed
+        for split, style in (("val", "-"), ("test", "--")):
             key = f"{split}/{exit_name}/top1"
             pts = [(r["step"], r[key]) for r in evals if key in r]
             if pts:
-                ax_acc.plot(*zip(*pts, strict=True), style, label=f"{split} {exit_name}")
+                ax_acc.plot(*zip(*pts, strict=True), style, color=f"C{i}",
+                            label=f"{split} {exit_name}")
     ax_acc.set(xlabel="step", ylabel="top-1 (%)", title="accuracy per exit")
     ax_acc.legend(fontsize=7)
     for ax in (ax_loss, ax_acc):

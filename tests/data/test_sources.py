@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from auxilia.data import sources
+from auxilia.data import files, sources
 from auxilia.data.config import CsvFiles, DataConfig
 from auxilia.data.sources import SOURCES, DataError, channel_stats, load_dataset
 
@@ -211,7 +211,7 @@ def test_folder_sizes_differ(tmp_path: Path) -> None:
 def test_folder_bad_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes,
                           pool: bool) -> None:
     if pool:  # decode through the process pool, several chunks
-        monkeypatch.setattr(sources, "_SERIAL_DECODE_BELOW", 1)
+        monkeypatch.setattr(files, "_SERIAL_DECODE_BELOW", 1)
     _tree(tmp_path, 30)
     bad = tmp_path / "bee" / "broken.png"
     bad.write_bytes(content)

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from auxilia.models.backbone import Backbone
-from auxilia.models.timm_backbone import TimmBackbone, read_state_dict
+from auxilia.models.weights import read_state_dict
 from auxilia.models.zoo import cifar_resnet, convnet13, resnet, small_cnn, wrn
 
 TIMM_PREFIX = "timm/"
@@ -103,6 +103,8 @@ def create_backbone(
             weights that do not fit.
     """
     if name.startswith(TIMM_PREFIX):
+        from auxilia.models.timm_backbone import TimmBackbone  # timm costs 2 s to import
+
         return TimmBackbone(name, in_chans=in_chans, image_size=image_size,
                             pretrained=pretrained, weights=weights, **kwargs)
     if name not in MODELS:

@@ -1,0 +1,35 @@
+"""What a source loader returns (:class:`RawData`) and the error every data problem raises.
+
+Kept apart from :mod:`auxilia.data.sources` so that the source modules (e.g.
+:mod:`auxilia.data.files`) can use them without importing the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from auxilia.data.types import Split
+
+__all__ = ["DataError", "RawData"]
+
+
+class DataError(Exception):
+    """The data cannot be loaded as configured; the message says what to change."""
+
+
+@dataclass
+class RawData:
+    """What a source loader returns: official splits, before the common pipeline.
+
+    ``val`` / ``test`` are None when the source has no such official split (they are then
+    carved from ``train``); ``stats`` is None when it must be computed from the training split.
+    """
+
+    train: Split
+    classes: list[str]
+    family: str
+    val: Split | None = None
+    test: Split | None = None
+    unlabeled: Split | None = None
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,51 @@
+"""The multi-exit contract: every exit in one forward, removable heads, a head-free strip()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auxilia.models.heads import HeadSpec
+from auxilia.models.multi_exit import MultiExitModel
+from auxilia.models.registry import create_backbone
+
+
+def _model(heads=()) -> MultiExitModel:
+    torch.manual_seed(0)
+    return MultiExitModel(create_backbone("resnet20", in_chans=3), 10, heads).eval()
+
+
+def test_forward_returns_every_exit_in_one_pass() -> None:
+    model = _model([HeadSpec("s2", "logits", "classifier")])
+    outs = model(torch.randn(2, 3, 32, 32))
+    assert list(outs) == ["s1", "s2", "s3", "final"]
+    assert outs["s1"]["feat"].shape == (2, 16, 32, 32)
+    assert outs["s2"]["logits"].shape == (2, 10)
+    assert outs["final"]["feat"].shape == (2, 64) and outs["final"]["logits"].shape == (2, 10)
+    assert "logits" not in outs["s1"]
+
+
+def test_strip_gives_the_main_exit_without_heads() -> None:
+    model = _model([HeadSpec("s1", "logits", "classifier", (("hidden", 32),)),
+                    HeadSpec("s2", "logits", "classifier")])
+    plain = model.strip()
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(plain(x), model(x)["final"]["logits"])
+    head_params = sum(p.numel() for p in model.heads.parameters())
+    assert head_params > 0
+    assert sum(p.numel() for p in plain.parameters()) == (
+        sum(p.numel() for p in model.parameters()) - head_params)
+
+
+def test_heads_attach_and_detach_by_name() -> None:
+    model = _model()
+    model.attach(HeadSpec("s3", "logits", "classifier"))
+    assert "logits" in model(torch.randn(1, 3, 32, 32))["s3"]
+    with pytest.raises(ValueError, match="already has a 'logits' head"):
+        model.attach(HeadSpec("s3", "logits", "classifier"))
+    model.detach("s3", "logits")
+    assert "logits" not in model(torch.randn(1, 3, 32, 32))["s3"]
+    with pytest.raises(ValueError, match="no exit 's9'; exits: s1, s2, s3, final"):
+        model.attach(HeadSpec("s9", "logits", "classifier"))
+    with pytest.raises(ValueError, match="unknown head kind 'mlp'"):
+        model.attach(HeadSpec("s1", "proj", "mlp"))
