@@ -44,6 +44,7 @@ class _Payload:
         return (print, ("arbitrary code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_objects_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "x": _Payload()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
