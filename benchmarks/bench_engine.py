@@ -9,7 +9,7 @@ Measures, on this machine:
    dispatch, learning-rate schedule, loss accumulation, logging, the non-finite check).
 
 Usage: ``python benchmarks/bench_engine.py [--repeats 3] [--steps 300]``; writes
-``benchmarks/results/engine.json`` and ``engine.md``.
+``benchmarks/results/engine.json`` and ``engine.md``, and the table into the README.
 """
 
 from __future__ import annotations
@@ -122,7 +122,18 @@ def main() -> None:
         lines.append(f"| {name} | {b[0]:.2f} ± {b[1]:.2f} | {e[0]:.2f} ± {e[1]:.2f} | "
                      f"{r[0]:.3f} ± {r[1]:.3f} | {i[0]:.0f} ± {i[1]:.0f} |")
     (OUT / "engine.md").write_text("\n".join(lines) + "\n")
+    write_readme_section("engine", "\n".join(lines))
     print("\n".join(lines))
+
+
+def write_readme_section(name: str, text: str) -> None:
+    """Replace the README's generated block ``<!-- bench:name -->...<!-- /bench:name -->``."""
+    readme = ROOT / "README.md"
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    content = readme.read_text()
+    head, _, rest = content.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 if __name__ == "__main__":
