@@ -36,6 +36,9 @@ class ModelConfig(Strict):
     weights: str | None = Field(default=None, description="local state_dict file to load")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the factory")
     channels_last: bool = False
+    freeze_backbone: bool = Field(
+        default=False, description="train heads and classifier only (a linear probe)")
+    drop_rate: float = Field(default=0.0, ge=0, lt=1, description="dropout before the classifier")
 
 
 class OptimConfig(Strict):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from auxilia.data.views import VIEWS, build_view, resolve_view_name
+from auxilia.data.views import VIEWS, build_view, cutout_mask, resolve_view_name
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -121,3 +121,126 @@ def test_errors() -> None:
     view = build_view("eval", "natural", MEAN3, STD3, 32)
     with pytest.raises(ValueError, match="expects"):
         view(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+# --- CDS views: "cutout" (weak + Cutout 16 px) and "color" (weak + colour jitter + grey) ---
+
+
+def test_cutout_mask_is_one_clipped_square_per_sample() -> None:
+    mask = cutout_mask(2000, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (2000, 32, 32) and mask.dtype == torch.bool
+    rows, cols = mask.any(2), mask.any(1)  # [B, H], [B, W]
+    # a full rectangle: every marked row x marked column, nothing else
+    assert torch.equal(mask, rows.unsqueeze(2) & cols.unsqueeze(1))
+    for lines in (rows, cols):
+        n = lines.sum(1)
+        first = lines.float().argmax(1)
+        assert torch.equal(lines.cumsum(1).amax(1), n)  # contiguous span
+        assert (n >= 8).all() and (n <= 16).all()  # half the square at least: centre inside
+        touches = (first == 0) | (first + n == 32)
+        assert (n[~touches] == 16).all(), "a square was clipped away from the border"
+        assert (n[touches] < 16).any()
+    full = ((rows.sum(1) == 16) & (cols.sum(1) == 16)).float().mean()
+    assert abs(full - (17 / 32) ** 2) < 0.05  # centre uniform: 17 of 32 rows give a full side
+
+
+def test_cutout_view_zeroes_one_square_per_sample() -> None:
+    torch.manual_seed(0)
+    view = build_view("cutout", "natural", MEAN3, STD3, image_size=32)
+    image = torch.tensor([0.9, 0.1, 0.6]).view(1, 3, 1, 1).expand(256, 3, 32, 32)
+    out = view(image.contiguous())  # constant colour: crop + flip keep it, nothing else is 0
+    assert out.shape == (256, 3, 32, 32) and out.dtype == torch.float32
+    zero = out == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))  # the same square on every channel
+    mask = zero[:, 0]
+    rows, cols = mask.any(2), mask.any(1)
+    assert torch.equal(mask, rows.unsqueeze(2) & cols.unsqueeze(1))
+    assert (rows.sum(1) <= 16).all() and (cols.sum(1) <= 16).all()
+    assert (mask.sum((1, 2)) == 256).any() and (mask.sum((1, 2)) < 256).any()
+    corners = torch.stack([rows.float().argmax(1), cols.float().argmax(1)], 1)
+    assert torch.unique(corners, dim=0).shape[0] > 100, "squares do not move across samples"
+    expected = ((torch.tensor([0.9, 0.1, 0.6]) - torch.tensor(MEAN3)) / torch.tensor(STD3))
+    expected = expected.view(1, 3, 1, 1).expand_as(out)
+    torch.testing.assert_close(torch.where(zero, expected, out), expected)  # the rest untouched
+
+
+def test_cutout_size_scales_with_image_size() -> None:
+    torch.manual_seed(0)
+    view = build_view("cutout", "natural_noflip", (0.0,), (1.0,), image_size=28)
+    out = view(torch.ones(512, 1, 28, 28))  # reflect padding: only the square is 0
+    assert out.shape == (512, 1, 28, 28)
+    area = (out == 0).sum((1, 2, 3))
+    assert area.max() == 14 * 14 and area.min() >= 7 * 7
+
+
+def _colour_stats(out: torch.Tensor) -> torch.Tensor:
+    """Per-sample channel means ``[B, C]`` of a view with mean 0, std 1 (the [0, 1] image)."""
+    return out.mean(dim=(2, 3))
+
+
+def test_color_view_changes_colours_with_p_08_and_grey_with_p_02() -> None:
+    torch.manual_seed(0)
+    colour = torch.tensor([0.6, 0.3, 0.2])
+    view = build_view("color", "natural", (0.0,) * 3, (1.0,) * 3, image_size=32)
+    x = colour.view(1, 3, 1, 1).expand(2000, 3, 32, 32).contiguous()
+    out = view(x)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    stats = _colour_stats(out)
+    unchanged = (stats - colour).abs().amax(1) < 1e-4
+    grey = (stats.amax(1) - stats.amin(1)) < 1e-4
+    # untouched = no jitter (0.2) and no greyscale (0.8): 0.16; greyscale: 0.2
+    assert 0.12 < unchanged.float().mean() < 0.20
+    assert 0.16 < grey.float().mean() < 0.24
+    assert not (unchanged & grey).any()
+    hue = torch.atan2(stats[:, 1] - stats[:, 2], 2 * stats[:, 0] - stats[:, 1] - stats[:, 2])
+    assert hue[~grey].std() > 0.05, "hue never moves"
+
+
+def test_color_view_uses_torchvision_brightness() -> None:
+    """ColorJitter (torchvision) multiplies brightness: grey 0.25 stays in 0.25·[0.6, 1.4].
+    ColorJiggle would add factor - 1 and reach 0 and 0.65."""
+    torch.manual_seed(1)
+    view = build_view("color", "natural_noflip", (0.0,) * 3, (1.0,) * 3, image_size=8)
+    out = view(torch.full((2000, 3, 8, 8), 0.25))
+    assert out.min() >= 0.15 - 1e-5 and out.max() <= 0.35 + 1e-5
+    assert out.min() < 0.16 and out.max() > 0.34
+
+
+def test_color_view_on_one_channel_is_brightness_and_contrast() -> None:
+    torch.manual_seed(0)
+    # natural_noflip, not digits: digits' zero padding would darken a flat image's border
+    view = build_view("color", "natural_noflip", (0.0,), (1.0,), image_size=16)
+    out = view(torch.full((2000, 1, 16, 16), 0.5))
+    assert out.shape == (2000, 1, 16, 16)
+    changed = (out.mean(dim=(1, 2, 3)) - 0.5).abs() > 1e-4
+    assert 0.74 < changed.float().mean() < 0.86  # brightness only acts on a flat image; p = 0.8
+
+
+@pytest.mark.parametrize("name", ["cutout", "color"])
+def test_new_views_never_flip_digits(name: str) -> None:
+    torch.manual_seed(0)
+    view = build_view(name, "digits", (0.0,), (1.0,), image_size=16)
+    centroid = _horizontal_centroid(view, _asymmetric_image(), 512)
+    centroid = centroid[torch.isfinite(centroid)]  # Cutout may erase the whole bar
+    assert centroid.numel() > 256
+    assert (centroid < 6.0).all(), "a digit image was mirrored"
+    assert centroid.unique().numel() > 1
+    rgb = build_view(name, "digits", (0.0,) * 3, (1.0,) * 3, image_size=16)  # e.g. SVHN
+    centroid = _horizontal_centroid(rgb, _asymmetric_image().expand(1, 3, 16, 16), 512)
+    assert (centroid[torch.isfinite(centroid)] < 6.0).all()
+    natural = build_view(name, "natural", (0.0,), (1.0,), image_size=16)
+    flipped = _horizontal_centroid(natural, _asymmetric_image(), 512)
+    assert 0.3 < (flipped[torch.isfinite(flipped)] > 8.0).float().mean() < 0.7
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["cutout", "color"])
+@pytest.mark.parametrize("family", ["digits", "natural", "natural_noflip"])
+def test_new_views_dtype_shape_device(device: str, name: str, family: str) -> None:
+    channels = 1 if family == "digits" else 3
+    mean, std = ((0.1307,), (0.3081,)) if channels == 1 else (MEAN3, STD3)
+    view = build_view(name, family, mean, std, image_size=16)
+    out = view(_uint8((6, channels, 16, 16)).to(device))
+    assert out.shape == (6, channels, 16, 16)
+    assert out.dtype == torch.float32 and out.device.type == device
+    assert build_view(name, family, mean, std, 16, augment="none").name == "eval"

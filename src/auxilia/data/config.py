@@ -53,6 +53,9 @@ class DataConfig(Strict):
     stl10_unlabeled: bool = Field(
         default=False, description="stl10: also load the 100,000 unlabeled images as `unlabeled`")
     augment: Literal["auto", "none"] = "auto"
+    views: dict[str, str] = Field(
+        default_factory=dict,
+        description="override the methods' augmentation per view, e.g. {x_lb2: color}")
     batch_size: int = Field(default=64, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
     num_workers: int = Field(default=0, ge=0, description="processes used to decode image files")

@@ -8,6 +8,9 @@ per-sample torchvision loop).
 New views register a factory in :data:`VIEWS`; callers only ever use :func:`build_view`::
 
     VIEWS["strong"] = lambda family, image_size: nn.Sequential(...)
+
+A factory may return :class:`Staged` to run part of its augmentation after the normalisation
+(``cutout`` zeroes its square there, i.e. sets it to the dataset mean).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "VIEWS", "View", "build_view", "resolve_view_name", "to_unit_float"]
+__all__ = ["FAMILIES", "VIEWS", "ColorAugment", "Cutout", "Staged", "View", "build_view",
+           "cutout_mask", "resolve_view_name", "to_unit_float"]
 
 FAMILIES: tuple[str, ...] = ("digits", "natural", "natural_noflip")
 """Augmentation families a dataset can declare (see ``DatasetSplits.family``)."""
@@ -36,8 +40,25 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32)
 
 
+class Staged(nn.Module):
+    """An augmentation in two parts around the normalisation: ``before`` runs on ``[0, 1]``
+    images, ``after`` on normalised ones (e.g. Cutout, which zeroes = sets to the mean).
+
+    Args:
+        before: module applied before normalisation, or None.
+        after: module applied after normalisation, or None.
+    """
+
+    def __init__(self, before: nn.Module | None, after: nn.Module | None) -> None:
+        super().__init__()
+        self.before = before
+        self.after = after
+
+
 class View(nn.Module):
     """Optional augmentation followed by per-channel normalisation.
+
+    An augmentation given as :class:`Staged` is split around the normalisation.
 
     Args:
         augment: module applied to ``float32`` images in ``[0, 1]``, or None for none.
@@ -65,12 +86,17 @@ class View(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
             raise ValueError(f"view {self.name!r} expects [B, {self.mean.shape[1]}, H, W] images, "
                              f"got {tuple(x.shape)}")
+        before, after = ((self.augment.before, self.augment.after)
+                         if isinstance(self.augment, Staged) else (self.augment, None))
         x = to_unit_float(x)
-        if self.augment is not None and x.shape[0] > 0:
-            x = self.augment(x)
+        if before is not None and x.shape[0] > 0:
+            x = before(x)
         mean = self.mean.to(x.device, non_blocking=True)
         std = self.std.to(x.device, non_blocking=True)
-        return ((x - mean) / std).contiguous()
+        x = (x - mean) / std
+        if after is not None and x.shape[0] > 0:
+            x = after(x)
+        return x.contiguous()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
@@ -103,10 +129,101 @@ def _weak(family: str, image_size: int) -> nn.Module:
     return nn.Sequential(crop, K.RandomHorizontalFlip(p=0.5))
 
 
+def cutout_mask(batch: int, height: int, width: int, size: int,
+                device: torch.device | str | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout squares (DeVries & Taylor 2017), one per sample, as a boolean mask.
+
+    Each sample's centre ``(cy, cx)`` is uniform over the pixel grid; the square covers rows
+    ``[cy - size // 2, cy - size // 2 + size)`` (likewise columns), clipped at the borders, so it
+    is ``size`` x ``size`` inside the image and smaller where it crosses an edge.
+
+    Args:
+        batch: number of samples B.
+        height: image height H.
+        width: image width W.
+        size: side of the square.
+        device: device of the mask.
+        generator: random generator on ``device`` (default: the global one).
+
+    Returns:
+        ``[B, H, W]`` bool, True inside each sample's square.
+    """
+    cy = torch.randint(0, height, (batch, 1), device=device, generator=generator)
+    cx = torch.randint(0, width, (batch, 1), device=device, generator=generator)
+    rows = torch.arange(height, device=device).unsqueeze(0)  # [1, H]
+    cols = torch.arange(width, device=device).unsqueeze(0)  # [1, W]
+    top, left = cy - size // 2, cx - size // 2
+    in_rows = (rows >= top) & (rows < top + size)  # [B, H]
+    in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+    return in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
+
+
+class Cutout(nn.Module):
+    """Cutout (DeVries & Taylor 2017): one ``size`` x ``size`` square per sample set to ``fill``
+    at a uniformly random centre, clipped at the borders (see :func:`cutout_mask`).
+
+    Applied after normalisation with ``fill=0`` it sets the square to the dataset mean, as the
+    reference code does. Input and output ``[B, C, H, W]``.
+    """
+
+    def __init__(self, size: int, fill: float = 0.0) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"cutout size must be positive, got {size}")
+        self.size = size
+        self.fill = fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = cutout_mask(x.shape[0], x.shape[-2], x.shape[-1], self.size, x.device)
+        return x.masked_fill(mask.unsqueeze(1), self.fill)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, fill={self.fill}"
+
+
+class ColorAugment(nn.Module):
+    """SimCLR / SupCon colour distortion: ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, then
+    RandomGrayscale with p = 0.2, each gated per sample.
+
+    Uses ``kornia.augmentation.ColorJitter`` (torchvision's formulas: multiplicative brightness,
+    blend with the grey mean for contrast, with the greyscale for saturation; random order of the
+    four steps), not ``ColorJiggle`` (kornia's additive brightness and HSV saturation). The order
+    is drawn once per batch, where torchvision draws it per image. Images with other than 3
+    channels (e.g. greyscale digits) get brightness and contrast only: saturation, hue and
+    greyscale conversion do not apply to them.
+
+    Input and output ``[B, C, H, W]`` in ``[0, 1]``.
+    """
+
+    def __init__(self, strength: float = 0.4, hue: float = 0.1, p: float = 0.8,
+                 p_gray: float = 0.2) -> None:
+        super().__init__()
+        self.rgb = nn.Sequential(K.ColorJitter(strength, strength, strength, hue, p=p),
+                                 K.RandomGrayscale(p=p_gray))
+        self.other = K.ColorJitter(strength, strength, 0.0, 0.0, p=p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rgb(x) if x.shape[1] == 3 else self.other(x)
+
+
+def _cutout(family: str, image_size: int) -> Staged:
+    """Factory of the ``cutout`` view (CDS view 1): the weak view, then after normalisation a
+    Cutout square of side ``image_size // 2`` (16 px at 32) set to 0, the mean."""
+    return Staged(_weak(family, image_size), Cutout(max(1, image_size // 2)))
+
+
+def _color(family: str, image_size: int) -> nn.Module:
+    """Factory of the ``color`` view (CDS view 2): the weak view, then :class:`ColorAugment`."""
+    return nn.Sequential(_weak(family, image_size), ColorAugment())
+
+
 VIEWS: dict[str, ViewFactory] = {
     "eval": _no_augment,
     "none": _no_augment,
     "weak": _weak,
+    "cutout": _cutout,
+    "color": _color,
 }
 """Registry of views: name → ``factory(family, image_size)``."""
 

@@ -67,9 +67,17 @@ def build_setup(config: Config, data: DatasetSplits | None = None) -> Setup:
     backbone = create_backbone(mcfg.name, in_chans=channels, image_size=height,
                                pretrained=mcfg.pretrained, weights=mcfg.weights, **mcfg.kwargs)
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
-                        num_classes=data.num_classes)
+                        stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
+                        num_train=len(data.train))
     objective = build_objective(config.method, ctx)
-    model = MultiExitModel(backbone, data.num_classes, list(objective.heads.values()))
+    for key, recipe in config.data.views.items():
+        if key not in objective.views:
+            raise ValueError(f"data.views.{key}: the methods use no view {key!r}; they use "
+                             f"{', '.join(objective.views)}")
+        objective.views[key] = recipe
+    model = MultiExitModel(backbone, data.num_classes, list(objective.heads.values()),
+                           drop_rate=mcfg.drop_rate, probe=objective.probe,
+                           freeze_backbone=mcfg.freeze_backbone)
     model.to(device)
     objective.to(device)
     if mcfg.channels_last:

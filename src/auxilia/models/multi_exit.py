@@ -39,15 +39,25 @@ class MultiExitModel(Classifier):
     """A classifier whose every exit can carry training-only heads.
 
     Exits are the backbone's stages (``s1``..``sN``, feature maps) and ``final`` (the pooled
-    feature of the last stage, where the main classifier sits). ``forward(x)`` returns, in one
-    pass, ``{exit: {"feat": tensor, <field>: head output, ...}}``; ``final`` always has
-    ``feat`` ``[B, D]`` and ``logits`` ``[B, num_classes]``.
+    feature of the last stage, where the main classifier sits). ``probe=True`` detaches the
+    classifier's input (a linear probe on the features); ``freeze_backbone=True`` trains only
+    the heads and classifier, with the backbone's BatchNorm statistics fixed.
+
+    ``forward(x)`` returns, in one pass, ``{exit: {"feat": tensor, <field>: head output}}``;
+    ``final`` always has ``feat`` ``[B, D]`` and ``logits`` ``[B, num_classes]``. A head returns
+    one tensor (stored under its spec's field) or a dict of fields (merged into its exit's
+    outputs).
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, heads: Sequence[HeadSpec] = (),
-                 drop_rate: float = 0.0) -> None:
+                 drop_rate: float = 0.0, probe: bool = False,
+                 freeze_backbone: bool = False) -> None:
         super().__init__(backbone, nn.Linear(backbone.num_features, num_classes), drop_rate)
         self.num_classes = num_classes
+        self.probe = probe
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            backbone.requires_grad_(False)
         self.heads = nn.ModuleDict()
         self.head_specs: dict[str, HeadSpec] = {}
         for spec in heads:
@@ -70,8 +80,7 @@ class MultiExitModel(Classifier):
             raise ValueError("the final exit's logits are the main classifier; attach elsewhere")
         if spec.key in self.heads:
             raise ValueError(f"exit {spec.exit!r} already has a {spec.field!r} head")
-        in_ch = self.exit_channels(spec.exit)
-        self.heads[spec.key] = build_head(spec, in_ch, self.num_classes)
+        self.heads[spec.key] = build_head(spec, self.exit_channels(spec.exit), self.num_classes)
         self.head_specs[spec.key] = spec
 
     def detach(self, exit_name: str, field: str) -> None:
@@ -85,11 +94,23 @@ class MultiExitModel(Classifier):
         stages = self.backbone(x)
         pooled = stages[self.backbone.last_stage].mean(dim=(2, 3))
         outs: Outputs = {name: {"feat": fmap} for name, fmap in stages.items()}
-        outs[FINAL] = {"feat": pooled, "logits": self.classifier(self.dropout(pooled))}
+        classifier_in = pooled.detach() if self.probe else pooled
+        outs[FINAL] = {"feat": pooled, "logits": self.classifier(self.dropout(classifier_in))}
         for key, head in self.heads.items():
             spec = self.head_specs[key]
-            outs[spec.exit][spec.field] = head(outs[spec.exit]["feat"])
+            result = head(outs[spec.exit]["feat"])
+            if isinstance(result, dict):  # a head may give several fields, e.g. logits + hint
+                outs[spec.exit].update(result)
+            else:
+                outs[spec.exit][spec.field] = result
         return outs
+
+    def train(self, mode: bool = True) -> MultiExitModel:
+        """A frozen backbone stays in eval mode (fixed BatchNorm statistics) while heads train."""
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     def strip(self) -> Classifier:
         """The plain classifier, every training-only head removed (shares parameters)."""

@@ -21,7 +21,9 @@ class RecipeContext:
 
     stages: tuple[str, ...]
     stage_channels: dict[str, int]
+    stage_strides: dict[str, int]
     num_classes: int
+    num_train: int = 0  # labeled training samples: the size of per-sample banks
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def test_combining_identical_terms_deduplicates() -> None:
 def test_combining_conflicting_terms_fails_loudly() -> None:
     a = Objective([CrossEntropy("ce", Ref("x_lb"))])
     b = Objective([CrossEntropy("ce", Ref("x_lb"), weight=0.5)])
-    with pytest.raises(ValueError, match="two terms named 'ce' differ"):
+    with pytest.raises(ValueError, match="define a term 'ce' differently"):
         _ = a | b
 
 
@@ -55,7 +55,13 @@ def test_conflicting_heads_and_views_fail_loudly() -> None:
     with pytest.raises(ValueError, match="different 'logits' heads on exit 's1'"):
         _ = Objective(heads=[h1]) | Objective(heads=[h2])
     with pytest.raises(ValueError, match="view 'x_lb' augmented differently"):
-        _ = Objective(views={"x_lb": "weak"}) | Objective(views={"x_lb": "eval"})
+        _ = Objective(views={"x_lb": "cutout"}) | Objective(views={"x_lb": "color"})
+
+
+def test_a_specific_view_wins_over_the_default_weak_one() -> None:
+    a = Objective(views={"x_lb": "weak"})
+    b = Objective(views={"x_lb": "cutout", "x_lb2": "color"})
+    assert (a | b).views == (b | a).views == {"x_lb": "cutout", "x_lb2": "color"}
 
 
 def test_inputs_group_views_per_model() -> None:

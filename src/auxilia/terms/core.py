@@ -17,6 +17,8 @@ from torch import nn
 from auxilia.losses import cross_entropy
 from auxilia.models.heads import HeadSpec
 
+DEFAULT_VIEW = "weak"
+
 Batch = Mapping[str, torch.Tensor]
 # outputs[(model, view)][exit][field]
 Outputs = Mapping[tuple[str, str], Mapping[str, Mapping[str, torch.Tensor]]]
@@ -115,12 +117,16 @@ class Objective(nn.Module):
     Args:
         terms: the weighted losses; names must be unique.
         heads: heads the terms read (attached to the student before training).
-        views: batch key → view recipe name, e.g. ``{"x_lb": "weak"}``.
+        views: batch key → view recipe name, e.g. ``{"x_lb": "weak"}``. ``"weak"`` means "any
+            augmentation will do": combined with a recipe asking for a specific one, that wins.
+        probe: the main classifier is a linear probe: it sees detached features, so only the
+            other terms shape the backbone (metric learning's online linear evaluation).
     """
 
     def __init__(self, terms: Sequence[Term] = (), heads: Sequence[HeadSpec] = (),
-                 views: Mapping[str, str] | None = None) -> None:
+                 views: Mapping[str, str] | None = None, probe: bool = False) -> None:
         super().__init__()
+        self.probe = probe
         self.terms = nn.ModuleDict()
         self.heads: dict[str, HeadSpec] = {}
         self.views: dict[str, str] = {}
@@ -135,8 +141,10 @@ class Objective(nn.Module):
         if term.name in self.terms:
             old = self.terms[term.name]
             if old.signature() != term.signature():  # type: ignore[operator]
-                raise ValueError(f"two terms named {term.name!r} differ: {old.signature()} vs "
-                                 f"{term.signature()}; rename one or make them agree")
+                raise ValueError(
+                    f"two methods define a term {term.name!r} differently: {old.signature()} vs "
+                    f"{term.signature()}; give both methods the same settings (e.g. the same "
+                    "ce_weight) so that they share it")
             return
         self.terms[term.name] = term
 
@@ -149,13 +157,18 @@ class Objective(nn.Module):
 
     def _add_view(self, key: str, recipe: str) -> None:
         old = self.views.get(key)
+        if old == DEFAULT_VIEW or (old is not None and recipe == DEFAULT_VIEW):
+            # "weak" is what a recipe asks for when any augmentation will do: a specific one wins
+            self.views[key] = old if recipe == DEFAULT_VIEW else recipe
+            return
         if old is not None and old != recipe:
             raise ValueError(f"two recipes want view {key!r} augmented differently: "
                              f"{old!r} vs {recipe!r}")
         self.views[key] = recipe
 
     def __or__(self, other: Objective) -> Objective:
-        combined = Objective(list(self.terms.values()), list(self.heads.values()), self.views)
+        combined = Objective(list(self.terms.values()), list(self.heads.values()), self.views,
+                             self.probe or other.probe)
         for term in other.terms.values():
             combined._add_term(term)  # type: ignore[arg-type]
         for spec in other.heads.values():

@@ -1,0 +1,65 @@
+"""Contrastive losses over several views of a batch: SupCon and SimCLR's NT-Xent."""
+
+from __future__ import annotations
+
+import torch
+
+from auxilia.losses.metric import _matmul_t
+
+
+def supcon(features: torch.Tensor, labels: torch.Tensor | None = None,
+           temperature: float = 0.07, base_temperature: float = 0.07) -> torch.Tensor:
+    """Supervised Contrastive loss (Khosla et al. 2020, L_out), or NT-Xent without labels.
+
+    Every one of the N = B·V rows is an anchor (contrast mode "all"). For anchor i with
+    positives P(i) (the other rows of the same label, or without labels the other views of the
+    same sample, which is SimCLR's NT-Xent, Chen et al. 2020) and A(i) all rows but i:
+
+        ℓ_i = −(τ/τ_base) · (1/|P(i)|) Σ_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a∈A(i)} exp(z_i·z_a/τ) )
+
+    and the loss is the mean of ℓ_i over the anchors that have a positive. Anchors without one
+    (possible only with labels and V = 1) are left out instead of giving NaN; when no anchor has
+    a positive the result is a zero still attached to the graph. No device sync, no tensor
+    larger than ``[N, N]``, computed in float32 (float64 inputs stay float64) with autocast off.
+
+    Args:
+        features: ``[B, V, D]`` embeddings of V views of each of B samples, **already L2
+            normalised** along D (this function does not normalise).
+        labels: ``[B]`` integer class labels, or None for the self-supervised (SimCLR) loss.
+        temperature: τ, dividing the cosine similarities.
+        base_temperature: τ_base; the loss is scaled by τ/τ_base (1 by default).
+
+    Returns:
+        Scalar loss.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"features must be [B, V, D], got shape {tuple(features.shape)}")
+    batch, views, _ = features.shape
+    if labels is not None and labels.shape != (batch,):
+        raise ValueError(f"labels must be [{batch}], got shape {tuple(labels.shape)}")
+    if batch * views < 2:
+        return features.sum() * 0
+    ids = labels if labels is not None else torch.arange(batch, device=features.device)
+    log_prob = _log_prob(features, temperature)
+    positives = _positive_mask(ids.to(features.device), views)
+    n_pos = positives.sum(dim=1)
+    pos_log_prob = torch.where(positives, log_prob, 0).sum(dim=1)
+    anchor_loss = -(temperature / base_temperature) * pos_log_prob / n_pos.clamp(min=1)
+    has_pos = n_pos > 0
+    return torch.where(has_pos, anchor_loss, 0).sum() / has_pos.sum().clamp(min=1)
+
+
+def _log_prob(features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``[N, N]`` log-softmax of z·zᵀ/τ over each row without its diagonal, rows view-major."""
+    z = features.transpose(0, 1).reshape(-1, features.shape[-1])
+    logits = _matmul_t(z, z)[2] / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    self_pair = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return logits - logits.masked_fill(self_pair, float("-inf")).logsumexp(dim=1, keepdim=True)
+
+
+def _positive_mask(ids: torch.Tensor, views: int) -> torch.Tensor:
+    """``[N, N]`` bool: rows i ≠ j that share an id, rows ordered view-major like ``_log_prob``."""
+    ids = ids.repeat(views)
+    same = ids[:, None] == ids[None, :]
+    return same & ~torch.eye(ids.shape[0], dtype=torch.bool, device=ids.device)

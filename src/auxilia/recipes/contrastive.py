@@ -1,0 +1,113 @@
+"""Contrastive deep supervision (Zhang et al., ECCV 2022) and deep metric learning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from auxilia.models.heads import HeadSpec, sepconv_layout
+from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams
+from auxilia.terms import CrossEntropy, Objective, Ref, SupCon, Term, Triplet
+
+
+class CDSParams(RecipeParams):
+    """Contrastive learning on projection heads at chosen exits, plus cross-entropy.
+
+    Defaults are the paper's CIFAR recipe: a SepConv projection head on every stage (the last
+    included), SupCon with labels at τ = 0.07 and weight 0.1 per head, CE on the first view,
+    view 1 = crop + flip + Cutout, view 2 = crop + flip + colour jitter + grayscale.
+    """
+
+    name: Literal["cds"] = "cds"
+    exits: list[str] | None = None
+    weight: float = Field(default=0.1, ge=0)
+    temperature: float = Field(default=0.07, gt=0)
+    base_temperature: float = Field(default=0.07, gt=0)
+    supervised: bool = Field(default=True, description="SupCon with labels; false: SimCLR")
+    ce_weight: float = Field(default=1.0, ge=0)
+    ce_views: Literal["first", "both"] = "first"
+    head: Literal["sepconv", "mlp"] = "sepconv"
+    proj_dim: int = Field(default=128, gt=0, description="output size of the mlp head")
+
+
+def projection_head(exit_name: str, kind: str, ctx: RecipeContext, proj_dim: int) -> HeadSpec:
+    """A ``proj`` head on ``exit_name``: CDS's SepConv layout derived from the exit's channels
+    and stride (to the last stage's channels and resolution), or an MLP projector."""
+    if kind == "mlp":
+        return HeadSpec(exit_name, "proj", "mlp_proj", (("hidden", 512), ("out_dim", proj_dim)))
+    last = ctx.stages[-1]
+    blocks = sepconv_layout(ctx.stage_channels[exit_name], ctx.stage_strides[exit_name],
+                            ctx.stage_channels[last], ctx.stage_strides[last])
+    return HeadSpec(exit_name, "proj", "sepconv_proj",
+                    (("out_channels", ctx.stage_channels[last]), ("blocks", blocks)))
+
+
+def check_exits(method: str, exits: list[str], ctx: RecipeContext, final_ok: bool) -> None:
+    valid = list(ctx.stages) + (["final"] if final_ok else [])
+    unknown = [e for e in exits if e not in valid]
+    if unknown:
+        raise ValueError(f"{method}.exits names {unknown}, not exits of this model; "
+                         f"valid: {', '.join(valid)}")
+
+
+def ce_terms(weight: float, views: tuple[str, ...]) -> list[Term]:
+    """Cross-entropy of the main exit on each view (``ce``, ``ce_x_lb2``, ...)."""
+    if weight == 0:
+        return []
+    return [CrossEntropy("ce" if v == "x_lb" else f"ce_{v}", Ref(v), weight=weight)
+            for v in views]
+
+
+def cds(params: CDSParams, ctx: RecipeContext) -> Objective:
+    """CE + Σ_exits weight · SupCon(proj(view 1), proj(view 2))."""
+    exits = params.exits if params.exits is not None else list(ctx.stages)
+    check_exits("cds", exits, ctx, final_ok=params.head == "mlp")
+    heads = [projection_head(e, params.head, ctx, params.proj_dim) for e in exits]
+    labels = "y_lb" if params.supervised else None
+    terms: list[Term] = [
+        SupCon(f"supcon_{e}", (Ref("x_lb", e, "proj"), Ref("x_lb2", e, "proj")), labels,
+               params.temperature, params.base_temperature, weight=params.weight)
+        for e in exits]
+    views = ("x_lb",) if params.ce_views == "first" else ("x_lb", "x_lb2")
+    return Objective([*ce_terms(params.ce_weight, views), *terms], heads,
+                     {"x_lb": "cutout", "x_lb2": "color"})
+
+
+class MetricParams(RecipeParams):
+    """Deep metric learning: a contrastive (SupCon/SimCLR) or triplet loss on a projection of
+    the final features, with the main classifier trained as an online linear probe on detached
+    features (it reports accuracy but does not shape the backbone). For an offline probe, train
+    a second run with ``model.weights=<this run>/checkpoints/best.pt model.freeze_backbone=true
+    method=supervised``.
+    """
+
+    name: Literal["metric"] = "metric"
+    loss: Literal["supcon", "simclr", "triplet"] = "supcon"
+    weight: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
+    margin: float = Field(default=0.2, gt=0)
+    mining: Literal["batch_hard", "all"] = "batch_hard"
+    proj_dim: int = Field(default=128, gt=0)
+
+
+def metric(params: MetricParams, ctx: RecipeContext) -> Objective:
+    """Metric loss on ``final.proj`` + CE of the detached linear probe."""
+    head = HeadSpec("final", "proj", "mlp_proj", (("hidden", 512), ("out_dim", params.proj_dim)))
+    probe = CrossEntropy("ce_probe", Ref("x_lb"))
+    if params.loss == "triplet":
+        term: Term = Triplet("triplet", Ref("x_lb", "final", "proj"), margin=params.margin,
+                             mining=params.mining, weight=params.weight)
+        return Objective([probe, term], [head], {"x_lb": "weak"}, probe=True)
+    labels = "y_lb" if params.loss == "supcon" else None
+    term = SupCon(params.loss, (Ref("x_lb", "final", "proj"), Ref("x_lb2", "final", "proj")),
+                  labels, params.temperature, params.temperature, weight=params.weight)
+    return Objective([probe, term], [head], {"x_lb": "weak", "x_lb2": "color"}, probe=True)
+
+
+RECIPES = {
+    "cds": Recipe(CDSParams, cds,  # type: ignore[arg-type]
+                  "contrastive deep supervision: SupCon/SimCLR on projection heads at exits"),
+    "metric": Recipe(MetricParams, metric,  # type: ignore[arg-type]
+                     "metric learning (SupCon, SimCLR or triplet) with an online linear probe"),
+}

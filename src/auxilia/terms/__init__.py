@@ -1,0 +1,20 @@
+"""Terms and objectives: a method is a set of weighted losses that read outputs by reference.
+
+``core`` holds the contract (:class:`Ref`, :class:`Term`, :class:`Objective`) and cross-entropy;
+the other modules add the terms of each family.
+"""
+
+from auxilia.terms.core import (
+    Batch,
+    CrossEntropy,
+    Objective,
+    Outputs,
+    Progress,
+    Ref,
+    Term,
+)
+from auxilia.terms.distill import Discrepancy, FeatureL2, KLDistill, PredictionBankCE
+from auxilia.terms.metric import SupCon, Triplet
+
+__all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "KLDistill", "Objective",
+           "Outputs", "PredictionBankCE", "Progress", "Ref", "SupCon", "Term", "Triplet"]
