@@ -1,4 +1,4 @@
-"""Command line: ``auxilia train | eval | list``."""
+"""Command line: ``auxilia train | eval | export | list``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 EXIT_INTERRUPTED = 130
 
@@ -50,7 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which checkpoint of a run folder (default: best on validation)")
     p.add_argument("--split", choices=("val", "test", "both"), default="both")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for anytime.json and anytime.png (default: the run folder)")
+    p.add_argument("--latency-batch", type=int, default=64, metavar="N",
+                   help="batch size of the CPU latency measurement (default: 64)")
+    p.add_argument("--thresholds", type=_thresholds, default=None, metavar="T,T,...",
+                   help="early-exit confidence thresholds (default: 0.5 to 0.999, and 1 = "
+                        "always final)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a run's deployable classifier (heads removed)")
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "state_dict"),
+                   help="torchscript (.pt), onnx (.onnx) or state_dict (.safetensors)")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="file (or folder) to write (default: <run>/export/model.<suffix>)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which checkpoint of a run folder (default: best on validation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("list", help="list registered methods, models or datasets")
     p.add_argument("what", choices=("methods", "models", "datasets"))
@@ -106,26 +128,93 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _thresholds(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"--thresholds wants comma-separated numbers >= 0 like 0.5,0.9,1, got {text!r}")
+    return values
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    from auxilia.engine.anytime import THRESHOLDS, anytime_report, write_report
+    from auxilia.engine.export import run_folder_of
+
+    if args.latency_batch < 1:
+        raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
+    splits = ("val", "test") if args.split == "both" else (args.split,)
+    report = anytime_report(args.path, args.checkpoint, splits,
+                            thresholds=args.thresholds or THRESHOLDS,
+                            latency_batch=args.latency_batch)
+    console = Console()
+    console.print(_exit_table(report, f"{args.path} (step {report['step']})"))
+    console.print(
+        f"params, MFLOPs per image and CPU ms per batch of {report['latency_batch']} count what "
+        "each exit needs: the backbone up to it and its head (ms: summed op times, fastest of "
+        f"{report['latency_repeats']} runs; one untraced forward of every exit takes "
+        f"{report['forward_latency_ms']:.1f} ms)")
+    console.print(_early_exit_table(report))
+    json_path, png_path = write_report(report, args.out or run_folder_of(args.path))
+    console.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _exit_table(report: dict, title: str) -> Table:
     from rich.table import Table
 
-    from auxilia.engine.reload import evaluate_run
-
-    splits = ("val", "test") if args.split == "both" else (args.split,)
-    results, checkpoint = evaluate_run(args.path, args.checkpoint, splits)
-    table = Table(title=f"{args.path} (step {checkpoint['loop']['step']})")
+    splits = [s for s in ("val", "test") if s in report["early_exit"]]
+    table = Table(title=title)
     table.add_column("exit")
-    for split in results:
+    for split in splits:
         table.add_column(f"{split} top1", justify="right")
         table.add_column(f"{split} top5", justify="right")
-    exits = [k.split("/")[0] for k in next(iter(results.values())) if k.endswith("/top1")]
-    for exit_name in exits:
-        row = [exit_name]
-        for metrics in results.values():
-            row += [_fmt(metrics[f"{exit_name}/top1"]), _fmt(metrics[f"{exit_name}/top5"])]
-        table.add_row(*row)
-    Console().print(table)
+    for col in ("params", "MFLOPs", f"ms / {report['latency_batch']} img"):
+        table.add_column(col, justify="right")
+    for name, e in report["exits"].items():
+        row = [name]
+        for split in splits:
+            row += [_fmt(e[split]["top1"]), _fmt(e[split]["top5"])]
+        table.add_row(*row, f"{e['params']:,}", f"{e['flops'] / 1e6:.3f}", f"{e['latency_ms']:.1f}")
+    return table
+
+
+def _early_exit_table(report: dict) -> Table:
+    from rich.table import Table
+
+    early = report["early_exit"]
+    splits = [s for s in ("val", "test") if s in early]
+    shown = splits[-1]  # test when evaluated; exit shares and costs are of this split
+    table = Table(title=f"early exit at max softmax >= threshold (costs and exit shares on "
+                        f"{shown}; no threshold is selected on test)")
+    table.add_column("threshold", justify="right")
+    for split in splits:
+        table.add_column(f"{split} top1", justify="right")
+    table.add_column("mean MFLOPs", justify="right")
+    for name in early["order"]:
+        table.add_column(f"% {name}", justify="right")
+    for i, row in enumerate(early[shown]):
+        t = row["threshold"]
+        cells = [f"{t:g}" + (" (final)" if t >= 1 else "")]
+        cells += [_fmt(early[split][i]["top1"]) for split in splits]
+        cells.append(f"{row['mean_flops'] / 1e6:.3f}")
+        cells += [f"{row['fraction'][name]:.1f}" for name in early["order"]]
+        table.add_row(*cells)
+    return table
+
+
+def _export(args: argparse.Namespace) -> int:
+    from auxilia.engine.export import export_run
+
+    result = export_run(args.path, args.format, args.out, args.checkpoint, args.overwrite)
+    removed = result.params_trained - result.params_exported
+    print(f"exported {args.format} to {result.path} (described in {result.sidecar})")
+    print(f"parameters: {result.params_exported:,} exported, {result.params_trained:,} trained "
+          f"({removed:,} in training-only heads removed)")
     return 0
 
 

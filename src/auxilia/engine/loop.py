@@ -20,6 +20,7 @@ from torch import nn
 
 from auxilia.config import Config
 from auxilia.data.streams import IndexStream
+from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.evaluate import autocast, evaluate
@@ -119,7 +120,7 @@ class _StopFlag:
 
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = ()) -> RunResult:
+          callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None) -> RunResult:
     """Train a run described by ``config`` into ``run.dir/<run name>``.
 
     Args:
@@ -127,6 +128,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         resume: continue the run folder's ``last.pt`` exactly (the config must match).
         overwrite: replace an existing run folder.
         callbacks: called as ``cb(step, losses)`` after every optimizer step.
+        data: already loaded splits (e.g. shared by the runs of a comparison); by default
+            they are loaded from ``config.data``.
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
@@ -137,7 +140,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     checkpoint = load_checkpoint(folder.last) if resume else None
     if checkpoint is not None:
         run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
-    setup = build_setup(config)  # fails on bad names before any folder is touched
+    setup = build_setup(config, data)  # fails on bad names before any folder is touched
     if checkpoint is None:
         folder.create()
     optimizer = build_optimizer(setup.model, config.optim)
