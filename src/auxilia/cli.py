@@ -120,8 +120,9 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training, "
                   f"{summary['train_images_per_s']:.0f} images/s; parameters "
-                  f"{summary['params']['total']:,} trained, {summary['params']['deployed']:,} "
-                  "deployed")
+                  f"{summary['params']['total']:,} in training ("
+                  f"{summary['params']['trainable']:,} trainable), "
+                  f"{summary['params']['deployed']:,} deployed")
 
 
 def _fmt(value: float | None) -> str:

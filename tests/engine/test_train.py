@@ -141,3 +141,15 @@ def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture) -> None:
     assert cli(["train", "model.name=resnet21", "run.progress=off"]) == 2
     err = capsys.readouterr().err
     assert "resnet21" in err and "resnet20" in err and "Traceback" not in err
+
+
+def test_offline_linear_probe_on_a_previous_runs_backbone(tiny_config) -> None:
+    source = train(tiny_config("method=metric", "train.steps=6", "run.name=pretrain"))
+    ckpt = source.run_dir / "checkpoints" / "best.pt"
+    probe = train(tiny_config("method=supervised", "model.freeze_backbone=true",
+                              f"model.weights={ckpt}", "train.steps=6", "run.name=probe"))
+    saved = load_checkpoint(ckpt)["model"]
+    for name, value in probe.model.backbone.state_dict().items():
+        assert torch.equal(value, saved[f"backbone.{name}"]), name
+    params = probe.summary["params"]
+    assert params["trainable"] == probe.model.classifier.weight.numel() + 10

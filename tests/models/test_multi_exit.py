@@ -49,3 +49,20 @@ def test_heads_attach_and_detach_by_name() -> None:
         model.attach(HeadSpec("s9", "logits", "classifier"))
     with pytest.raises(ValueError, match="unknown head kind 'mlp'"):
         model.attach(HeadSpec("s1", "proj", "mlp"))
+
+
+def test_probe_detaches_the_classifier_input() -> None:
+    model = MultiExitModel(create_backbone("resnet8", in_chans=3), 10, probe=True)
+    model(torch.randn(2, 3, 32, 32))["final"]["logits"].sum().backward()
+    assert model.classifier.weight.grad is not None
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_frozen_backbone_keeps_batchnorm_statistics_in_training() -> None:
+    model = MultiExitModel(create_backbone("resnet8", in_chans=3), 10, freeze_backbone=True)
+    model.train()
+    assert not model.backbone.training and model.classifier.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model(torch.randn(4, 3, 32, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())

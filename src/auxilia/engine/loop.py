@@ -335,7 +335,9 @@ def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
         "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
         "train_seconds": round(loop.train_seconds, 3),
         "train_images_per_s": round(images / max(loop.train_seconds, 1e-9), 1),
-        "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip())},
+        "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip()),
+                   "trainable": sum(p.numel() for p in setup.model.parameters()
+                                    if p.requires_grad)},
         "exits": list(setup.model.exits), "methods": [m.name for m in cfg.method],
         "notes": setup.data.notes,
     })
