@@ -56,7 +56,10 @@ def base_overrides(args: argparse.Namespace, tmp: Path) -> list[str]:
 
 
 def run_one(args: argparse.Namespace, method: str, seed: int, tmp: Path, data) -> dict:
-    overrides = [*base_overrides(args, tmp), f"method={method}", f"seed={seed}",
+    """One training run; ``method`` is a method override, optionally followed by
+    ``;key=value`` overrides of the variant (e.g. ``cds;data.views={x_lb: weak}``)."""
+    method_text, *extra = method.split(";")
+    overrides = [*base_overrides(args, tmp), f"method={method_text}", *extra, f"seed={seed}",
                  f"run.name=m{list(METHODS.values()).index(method)}-s{seed}"]
     config = load_config(None, overrides)
     steps_per_epoch = len(data.train) // config.data.batch_size
@@ -76,7 +79,8 @@ def fmt(values: list[float], digits: int = 2) -> str:
 
 
 def table(results: dict, args: argparse.Namespace, machine: str, minutes: float) -> str:
-    sup_ms = statistics.mean(r["step_ms"] for r in results["supervised"])
+    reference = results.get("supervised") or next(iter(results.values()))
+    sup_ms = statistics.mean(r["step_ms"] for r in reference)
     exits = sorted({e for runs in results.values() for r in runs for e in r["exits"]
                     if e != "final"})
     head = ["method", "test top-1 (final)", *[f"{e} top-1" for e in exits],
@@ -106,7 +110,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD",
+                        help="an extra method setting, e.g. 'CDS w 0.5=[{name: cds, weight: "
+                             "0.5}]', optionally with ';key=value' config overrides")
+    parser.add_argument("--name", default="cds", help="results file stem and README section")
     args = parser.parse_args()
+    for item in args.variant:
+        label, _, method = item.partition("=")
+        METHODS[label] = method
+        args.methods.append(label)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads")
@@ -122,11 +134,13 @@ def main() -> None:
                       f"step {run['step_ms']:.1f} ms", flush=True)
     minutes = (time.perf_counter() - start) / 60
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "cds.json").write_text(json.dumps({"args": vars(args), "machine": machine,
-                                              "results": results}, indent=2))
+    methods = {label: METHODS[label] for label in args.methods}
+    (OUT / f"{args.name}.json").write_text(json.dumps(
+        {"args": vars(args), "methods": methods, "machine": machine, "results": results},
+        indent=2))
     text = table(results, args, machine, minutes)
-    (OUT / "cds.md").write_text(text + "\n")
-    write_readme_section("cds", text)
+    (OUT / f"{args.name}.md").write_text(text + "\n")
+    write_readme_section(args.name, text)
     print(text)
 
 

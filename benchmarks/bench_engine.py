@@ -131,6 +131,8 @@ def write_readme_section(name: str, text: str) -> None:
     readme = ROOT / "README.md"
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     content = readme.read_text()
+    if start not in content:
+        return  # no such section in the README: the results files are the record
     head, _, rest = content.partition(start)
     _, _, tail = rest.partition(end)
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
