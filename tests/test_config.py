@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,64 @@ def test_every_shipped_config_validates() -> None:
     assert configs
     for path in configs:
         load_config(path)
+
+
+@pytest.mark.parametrize("tag", ["!!python/name:os.system", "!!python/object/new:os.system "
+                                 "['echo pwned']", "!!python/module:os"])
+def test_python_tags_are_refused(tmp_path: Path, tag: str) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"seed: {tag}\n")
+    with pytest.raises(ConfigError, match=r"evil\.yaml: not valid YAML"):
+        load_config(path)
+    config = load_config(None, [f"run.name={tag}"])  # an override stays a plain string
+    assert config.run.name == tag
+
+
+def _laughs() -> str:
+    """Billion laughs in one flow sequence: nine aliases of nine aliases ... (9**10 strings
+    once expanded, a few hundred bytes as text)."""
+    levels = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return f"[{', '.join(levels)}, [{', '.join(['*a8'] * 9)}]]"
+
+
+@pytest.mark.parametrize(("key", "yaml_text"), [
+    ("seed", "seed: {bomb}"), ("model", "model:\n  kwargs: {{k: {bomb}}}"),
+    ("method", "method: {bomb}")])
+def test_alias_bomb_is_refused_quickly(tmp_path: Path, key: str, yaml_text: str) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(yaml_text.format(bomb=_laughs()) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"\n  {key}: the value holds more than 100,000"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"\n  {key}: the value holds more than 100,000"):
+        load_config(None, [f"{key}={_laughs()}"])
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("flow", ["[" * 3000 + "]" * 3000, "{a: " * 3000 + "1" + "}" * 3000])
+def test_deep_nesting_is_refused(tmp_path: Path, flow: str) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"seed: {flow}\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: nested too deeply"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'seed': the value is nested too deeply"):
+        load_config(None, [f"seed={flow}"])
+    with pytest.raises(ConfigError, match="seed: the value is nested more than 64 levels"):
+        load_config(None, ["seed=" + "[" * 80 + "]" * 80])
+
+
+@pytest.mark.parametrize("value", ["[1]", "{a: 1}", "3"])
+def test_a_method_name_that_is_not_a_string_is_named(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"method\.name: expected a method name, got"):
+        load_config(None, [f"method.name={value}"])
+    with pytest.raises(ConfigError, match=r"method\[0\]\.name: expected a method name"):
+        load_config(None, [f"method=[{{name: {value}}}]"])
+
+
+@pytest.mark.parametrize("item", ["optim.lr=.inf", "train.epochs=.inf", "optim.grad_clip=.nan",
+                                  "optim.betas=[.nan, 0.9]"])
+def test_non_finite_numbers_are_refused(item: str) -> None:
+    key = item.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}(\[0\])?: Input should be a finite"):
+        load_config(None, [item])

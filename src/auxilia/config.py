@@ -161,6 +161,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections, "
                           f"got {type(data).__name__}")
@@ -176,6 +178,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    except RecursionError:
+        raise ConfigError(f"override {key.strip()!r}: the value is nested too deeply") from None
     set_dotted(raw, key.strip(), value)
 
 
@@ -198,6 +202,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
     """Validate a raw nested dict into a :class:`Config`, collecting every error."""
     raw = dict(raw)
     errors: list[str] = []
+    for key, value in raw.items():
+        problem = _too_large(value)
+        if problem:
+            raise ConfigError(f"invalid configuration:\n  {key}: the value {problem}")
     methods = _parse_methods(raw.pop("method", None), errors)
     try:
         config = Config.model_validate({**raw, "method": methods})
@@ -225,6 +233,9 @@ def _parse_methods(value: Any, errors: list[str]) -> list[RecipeParams]:
                           f"got {entry!r}")
             continue
         name = entry["name"]
+        if not isinstance(name, str):
+            errors.append(f"{where}.name: expected a method name, got {name!r}")
+            continue
         if name not in RECIPES:
             errors.append(f"{where}.name: unknown method {name!r}{_suggest(name, RECIPES)}; "
                           f"valid: {', '.join(sorted(RECIPES))}")
@@ -235,6 +246,35 @@ def _parse_methods(value: Any, errors: list[str]) -> list[RecipeParams]:
         except ValidationError as err:
             errors.extend(f"{where}." + e for e in _describe(err, params_cls))
     return parsed
+
+
+MAX_VALUES, MAX_DEPTH = 100_000, 64
+"""Bounds on a config value: YAML aliases can make a short file expand enormously."""
+
+
+def _too_large(value: Any) -> str:
+    """Checks the size of a parsed value without expanding it (aliases are shared objects).
+
+    Args:
+        value: a value parsed from YAML.
+
+    Returns:
+        What is wrong (more than :data:`MAX_VALUES` values once aliases are expanded, or
+        nesting deeper than :data:`MAX_DEPTH`), or ``""``.
+    """
+    stack, count = [(value, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return f"holds more than {MAX_VALUES:,} values (a YAML alias bomb?)"
+        if depth > MAX_DEPTH:
+            return f"is nested more than {MAX_DEPTH} levels deep"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
+    return ""
 
 
 def _suggest(name: str, valid: Any) -> str:

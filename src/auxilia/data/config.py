@@ -8,9 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values validated on assignment."""
+    """Base for every config section: unknown keys are errors, values validated on assignment,
+    floats finite (an ``inf`` or ``nan`` from YAML's ``.inf``/``.nan`` is refused)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class CsvFiles(Strict):

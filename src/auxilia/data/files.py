@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _decode_chunk(paths: Sequence[str], mode: str, size: int | None
     for path in paths:
         try:
             with Image.open(path) as im:
-                im = im.convert(mode)
+                im = _to_8bit(im).convert(mode)
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 images.append(np.asarray(im))
@@ -54,6 +55,20 @@ def _decode_chunk(paths: Sequence[str], mode: str, size: int | None
     if images and len({a.shape for a in images}) == 1:
         return np.stack(images), errors
     return images, errors
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Scales 16-bit greyscale to ``L`` (``v / 257``, so 65535 becomes 255).
+
+    16-bit means mode ``I;16*``, or mode ``I`` read from a PNG (older Pillow). PIL's own
+    conversion of these modes clips every value above 255; other ``I`` files (32-bit TIFF)
+    are left to it.
+    """
+    if not (im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")):
+        return im
+    values = np.asarray(im).astype(np.float64)
+    scaled = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled)
 
 
 def _num_workers(cfg: DataConfig) -> int:
@@ -72,8 +87,14 @@ def _map_chunks(paths: list[str], mode: str, size: int | None, workers: int
     chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
     fork = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(decode, chunks))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            return list(pool.map(decode, chunks))
+    except BrokenProcessPool:
+        raise DataError(
+            f"a process decoding the {len(paths)} image files (from {paths[0]} on) died, e.g. "
+            "out of memory or a crash in an image decoder; set data.num_workers=1 to decode "
+            "in-process and find the file") from None
 
 
 def _stack(results: list[tuple[np.ndarray | list[np.ndarray], list[str]]], paths: list[str]
@@ -148,10 +169,16 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
     for name, (paths, _) in groups.items():
         sel = torch.arange(start, start + len(paths))
         sel = sel[kept[sel]]
+        if len(sel) == 0:
+            raise DataError(f"no {name} image could be decoded ({len(paths)} skipped; see the "
+                            "warning for the files)")
         splits[name] = Split(images[position[sel]], all_labels[sel])
         start += len(paths)
-    if len(splits["train"]) == 0:
-        raise DataError("no training image could be decoded")
+    counts = torch.bincount(splits["train"].labels, minlength=len(classes))
+    empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+    if empty:
+        raise DataError(f"class(es) {empty} have no decodable training image (every file was "
+                        "skipped as undecodable); fix the files or remove the class")
     return RawData(splits["train"], classes, "natural", val=splits.get("val"),
                    test=splits.get("test"), notes=notes)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
 import zipfile
@@ -13,6 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from auxilia.models.weights import describe_load_error
+
+TEMPORARY_GLOB = ".*.tmp"
+"""Names of the temporaries :func:`atomic_write` creates; a crash may leave one behind."""
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, named in the message."""
@@ -21,7 +25,12 @@ class CheckpointError(RuntimeError):
 def atomic_write(path: Path, write: Any) -> None:
     """Write through ``write(file)`` into a temporary sibling, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a torn one.
+    A crash at any point leaves either the old file or the new one, never a torn one; a
+    crash may leave a ``.<name>.*.tmp`` sibling behind (see :data:`TEMPORARY_GLOB`).
+
+    Raises:
+        OSError: the write failed (e.g. no space left on device); the message names ``path``
+            and ``path`` itself is unchanged.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,14 +40,27 @@ def atomic_write(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _named(err, f"cannot write {path}", "the previous file is unchanged") from err
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise _named(err, f"wrote {path} but cannot sync its folder",
+                     "the new file may not survive a power loss") from err
+
+
+def _named(err: OSError, what: str, consequence: str) -> OSError:
+    """``err`` again (same class and errno), its message naming the file and the consequence."""
+    reason = err.strerror or str(err) or type(err).__name__
+    message = f"{what}: {reason}; {consequence}"
+    return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -49,18 +71,31 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: no arbitrary code runs.
 
+    The archive's CRC-32 checksums are verified first, so that flipped bytes in tensor data
+    are refused rather than loaded.
+
     Raises:
-        CheckpointError: the file is missing, truncated, corrupted or holds foreign objects.
+        CheckpointError: the file is missing, empty, truncated, corrupted or holds foreign
+            objects; the message names it.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    hint = "(truncated, corrupted, or not an auxilia checkpoint)"
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {p}: the file is empty (0 bytes) {hint}")
     try:
+        with zipfile.ZipFile(p) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"cannot read checkpoint {p}: member {damaged} fails its CRC "
+                                  f"check {hint}")
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
-            ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {p}: {str(err).splitlines()[0]} "
-                              "(truncated, corrupted, or not an auxilia checkpoint)") from None
+    except CheckpointError:
+        raise
+    except Exception as err:  # a damaged file raises many types (KeyError, IndexError, ...)
+        raise CheckpointError(f"cannot read checkpoint {p}: {describe_load_error(err)} "
+                              f"{hint}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{p} is not an auxilia checkpoint (no 'model' entry)")
     return state

@@ -22,7 +22,7 @@ from auxilia.config import Config
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
-from auxilia.engine.checkpoint import load_checkpoint
+from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.evaluate import autocast, evaluate
 from auxilia.engine.optim import build_optimizer
 from auxilia.engine.runlog import MetricsLog, Progress, RunFolder
@@ -125,7 +125,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
 
     Args:
         config: the validated run configuration.
-        resume: continue the run folder's ``last.pt`` exactly (the config must match).
+        resume: continue the run folder's ``last.pt`` exactly (the config must match);
+            temporaries left by a crash during a write are removed, and a ``best.pt`` that
+            a crash left behind ``last.pt``'s selection is rewritten.
         overwrite: replace an existing run folder.
         callbacks: called as ``cb(step, losses)`` after every optimizer step.
         data: already loaded splits (e.g. shared by the runs of a comparison); by default
@@ -133,10 +135,15 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
-        NonFiniteLossError: the loss became NaN/inf (``train.on_nonfinite=stop``).
+        NonFiniteLossError: the loss or the gradients became NaN/inf
+            (``train.on_nonfinite=stop``); no checkpoint is written for that step.
+        OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
+            file, and the previous checkpoint is intact.
     """
     folder = RunFolder(Path(config.run.dir) / config.run_name())
     folder.check(resume=resume, overwrite=overwrite)
+    if resume:
+        folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last) if resume else None
     if checkpoint is not None:
         run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
@@ -148,6 +155,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     loop = LoopState()
     if checkpoint is not None:
         run_state.restore(checkpoint, setup, optimizer, stream, loop)
+        _repair_best(setup, optimizer, stream, loop, folder)
     else:
         folder.write_config(config.to_dict())
     log = MetricsLog(folder, tensorboard=config.run.tensorboard,
@@ -157,6 +165,23 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     finally:
         log.close()
     return _finish(setup, loop, folder)
+
+
+def _repair_best(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
+                 loop: LoopState, folder: RunFolder) -> None:
+    """Rewrite ``best.pt`` when a crash came between writing ``last.pt`` and ``best.pt``.
+
+    ``last.pt`` is written first; if it selected its own step as the best, ``best.pt`` must
+    hold that step too, and the restored state is exactly what it should hold.
+    """
+    if loop.best is None or loop.best["step"] != loop.step:
+        return
+    try:
+        current = load_checkpoint(folder.best)["loop"]["step"] == loop.step
+    except (CheckpointError, KeyError, TypeError):
+        current = False
+    if not current:
+        run_state.save(folder.best, setup, optimizer, stream, loop)
 
 
 def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
@@ -220,7 +245,10 @@ def _step(setup: Setup, optimizer: torch.optim.Optimizer, scaler: torch.amp.Grad
         _nonfinite(cfg, loop, folder, f"loss is {float(losses['loss'].detach())}", losses)
         return losses, outputs
     scaler.scale(losses["loss"]).backward()
-    if cfg.optim.grad_clip is not None or cfg.train.on_nonfinite == "skip":
+    # Without fp16 loss scaling a non-finite gradient is always an error; with it, overflowing
+    # steps are the scaler's to skip (scaler.step) unless clipping or skipping asks to look.
+    if (cfg.optim.grad_clip is not None or cfg.train.on_nonfinite == "skip"
+            or not scaler.is_enabled()):
         scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(),
                                               cfg.optim.grad_clip or float("inf"))

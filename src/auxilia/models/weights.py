@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file does not hold a mapping of names to tensors.
+        ValueError: the file cannot be read (corrupted, or pickles objects other than tensors,
+            which are refused) or does not hold a mapping of names to tensors; the message
+            names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refusals, damaged archives, safetensors errors
+        raise ValueError(f"cannot read weights file {path}: {describe_load_error(err)} "
+                         "(corrupted, or holds pickled objects other than tensors; auxilia "
+                         "loads tensors only and never runs pickled code)") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -39,3 +47,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("backbone.") for k in state):  # an auxilia MultiExitModel checkpoint
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
+
+
+def describe_load_error(err: Exception) -> str:
+    """One line on why ``torch.load`` or safetensors failed on a file.
+
+    torch's own message advises loading with ``weights_only=False``, which would run the
+    pickled code; only its specific reason (e.g. ``Unsupported global: ...``) is kept.
+
+    Args:
+        err: what the loader raised.
+
+    Returns:
+        ``"<exception type>: <reason>"``.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line.split(" Please use")[0].removeprefix("WeightsUnpickler error: ")
+                   for line in lines if "Unsupported" in line), None)
+    if isinstance(err, pickle.UnpicklingError):
+        return (f"{type(err).__name__}: refused by the weights-only unpickler: "
+                f"{detail or 'the file pickles objects other than tensors and containers'}")
+    return f"{type(err).__name__}: {detail or (lines[0] if lines else 'unreadable')}"
