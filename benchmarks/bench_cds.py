@@ -107,7 +107,8 @@ def table(results: dict, args: argparse.Namespace, machine: str, minutes: float)
              f"(fixed stratified subset), {args.epochs} epochs, batch 128, SGD 0.1 cosine, "
              f"bf16 autocast; test = all 10,000 test images, checkpoint selected on a "
              f"1,000-image validation split; seeds {', '.join(map(str, args.seeds))} "
-             f"(mean ± std). {machine}; {minutes:.0f} min in all.", "",
+             f"(mean ± std). {machine}" + (f"; {minutes:.0f} min in all." if minutes else "."),
+             "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, runs in results.items():
         row = [label, fmt([r["test_top1"] for r in runs])]
