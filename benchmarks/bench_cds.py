@@ -96,9 +96,14 @@ def fmt(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-def table(results: dict, args: argparse.Namespace, machine: str, minutes: float) -> str:
-    reference = results.get("supervised") or next(iter(results.values()))
-    sup_ms = statistics.mean(r.get("quiet_step_ms", r["step_ms"]) for r in reference)
+def table(results: dict, args: argparse.Namespace, machine: str, minutes: float,
+          timing: dict[str, list[float]] | None = None) -> str:
+    """The results table; step times from ``timing`` (quiet re-measurement) when given."""
+    def step_ms(label: str) -> list[float]:
+        return timing[label] if timing else [r["step_ms"] for r in results[label]]
+
+    reference = "supervised" if "supervised" in results else next(iter(results))
+    sup_ms = statistics.mean(step_ms(reference))
     exits = sorted({e for runs in results.values() for r in runs for e in r["exits"]
                     if e != "final"})
     head = ["method", "test top-1 (final)", *[f"{e} top-1" for e in exits],
@@ -115,7 +120,7 @@ def table(results: dict, args: argparse.Namespace, machine: str, minutes: float)
         for e in exits:
             vals = [r["exits"][e] for r in runs if e in r["exits"]]
             row.append(fmt(vals) if vals else "-")
-        ms = [r.get("quiet_step_ms", r["step_ms"]) for r in runs]
+        ms = step_ms(label)
         row += [fmt(ms, 1), f"{statistics.mean(ms) / sup_ms:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -137,6 +142,8 @@ def main() -> None:
                         help="re-measure step times of a finished run's methods on a quiet "
                              "machine and rewrite its table (accuracy runs are kept)")
     parser.add_argument("--timing-steps", type=int, default=60)
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the table and README section from the saved results")
     args = parser.parse_args()
     for item in args.variant:
         label, _, method = item.partition("=")
@@ -147,6 +154,9 @@ def main() -> None:
                f"{torch.get_num_threads()} threads")
     if args.timing_only:
         retime(args, machine)
+        return
+    if args.table_only:
+        write_tables(args, json.loads((OUT / f"{args.name}.json").read_text()))
         return
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,15 +190,22 @@ def retime(args: argparse.Namespace, machine: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = load_dataset(load_config(None, base_overrides(args, Path(tmp))).data, seed=0)
         times = time_methods(args, Path(tmp), data)
-    for label, runs in saved["results"].items():
-        for run in runs:
-            run["quiet_step_ms"] = statistics.mean(times[label])
     saved["timing"] = {"steps": args.timing_steps, "machine": machine, "step_ms": times}
     path.write_text(json.dumps(saved, indent=2))
-    saved_args = argparse.Namespace(**{**vars(args), **saved["args"], "methods": args.methods})
-    text = table(saved["results"], saved_args, saved["machine"], saved.get("minutes", 0))
-    text += (f"\n\nStep times measured separately on an otherwise idle machine: "
-             f"{args.timing_steps} steps per method, two interleaved rounds, mean.")
+    write_tables(args, saved)
+
+
+def write_tables(args: argparse.Namespace, saved: dict) -> None:
+    """Write the markdown table and the README section from a saved benchmark."""
+    saved_args = argparse.Namespace(**{**vars(args), **saved["args"],
+                                       "methods": list(saved["results"])})
+    timing = saved.get("timing")
+    text = table(saved["results"], saved_args, saved["machine"], saved.get("minutes", 0),
+                 timing["step_ms"] if timing else None)
+    if timing:
+        text += (f"\n\nStep times (mean ± std of two interleaved rounds of {timing['steps']} "
+                 "steps per method) were measured separately on an otherwise idle machine; "
+                 "the accuracy runs shared the CPU with other work.")
     (OUT / f"{args.name}.md").write_text(text + "\n")
     write_readme_section(args.name, text)
     print(text)
