@@ -153,3 +153,15 @@ def test_offline_linear_probe_on_a_previous_runs_backbone(tiny_config) -> None:
         assert torch.equal(value, saved[f"backbone.{name}"]), name
     params = probe.summary["params"]
     assert params["trainable"] == probe.model.classifier.weight.numel() + 10
+
+
+def test_gradient_clipping_bounds_the_global_norm(tiny_config) -> None:
+    config = tiny_config("optim.grad_clip=0.001")
+    setup = build_setup(config)
+    optimizer = build_optimizer(setup.model, config.optim)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batch = make_batch(setup, torch.arange(16))
+    _step(setup, optimizer, scaler, {"student": setup.model}, setup.objective.inputs(), batch,
+          Progress(0, 2, 1), LoopState(), RunFolder(Path(config.run.dir) / "x"))
+    grads = [p.grad for p in setup.model.parameters() if p.grad is not None]
+    assert float(torch.nn.utils.get_total_norm(grads)) <= 0.001 * 1.0001

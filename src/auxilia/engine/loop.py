@@ -250,8 +250,11 @@ def _step(setup: Setup, optimizer: torch.optim.Optimizer, scaler: torch.amp.Grad
     if (cfg.optim.grad_clip is not None or cfg.train.on_nonfinite == "skip"
             or not scaler.is_enabled()):
         scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(),
-                                              cfg.optim.grad_clip or float("inf"))
+        if cfg.optim.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(), cfg.optim.grad_clip)
+        else:  # only look: no rescaling pass over the gradients
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in setup.model.parameters() if p.grad is not None])
         if not torch.isfinite(norm):
             _nonfinite(cfg, loop, folder, f"gradient norm is {float(norm)}", losses)
             optimizer.zero_grad(set_to_none=True)
