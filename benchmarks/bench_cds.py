@@ -47,7 +47,8 @@ METHODS = {  # label -> method override
 
 
 def base_overrides(args: argparse.Namespace, tmp: Path) -> list[str]:
-    return ["data.source=folder", f"data.root={args.root}", "data.val_fraction=0.02",
+    root = Path(args.root) if Path(args.root).is_absolute() else (ROOT / args.root).resolve()
+    return ["data.source=folder", f"data.root={root}", "data.val_fraction=0.02",
             f"data.train_subset={args.train_subset}", "data.batch_size=128",
             f"model.name={args.model}", "model.channels_last=true", "train.amp=true",
             f"train.epochs={args.epochs}", "optim.lr=0.1", "optim.weight_decay=5e-4",
@@ -128,7 +129,9 @@ def table(results: dict, args: argparse.Namespace, machine: str, minutes: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpg"))
+    parser.add_argument("--root", default="../shared/data/cifar10-jpg",
+                        help="the CIFAR-10 image folders; a relative path is taken from the "
+                             "repository root")
     parser.add_argument("--model", default="resnet8")
     parser.add_argument("--train-subset", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=15)
