@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from auxilia.data.streams import eval_batches
 from auxilia.data.types import Split
 from auxilia.losses import topk_correct
 
@@ -22,8 +23,8 @@ def autocast(device: torch.device, enabled: bool, dtype: torch.dtype
 
 def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Contiguous (images, labels) batches of a split, in order."""
-    for start in range(0, len(split), batch_size):
-        yield split.images[start:start + batch_size], split.labels[start:start + batch_size]
+    for rows in eval_batches(len(split), batch_size):
+        yield split.images[rows], split.labels[rows]
 
 
 @torch.no_grad()
