@@ -46,3 +46,25 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class StagedBackbone(Backbone):
+    """A backbone that is a stem followed by a list of stages, one exit per stage.
+
+    Subclasses fill ``self.stem`` (default: identity) and ``self.stages`` (one module per name
+    in ``stage_names``); ``forward`` returns each stage's output in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem: nn.Module = nn.Identity()
+        self.stages = nn.ModuleList()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return every stage's feature map, ``{"s1": ..., "sN": ...}``."""
+        out: dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        for name, stage in zip(self.stage_names, self.stages, strict=True):
+            x = stage(x)
+            out[name] = x
+        return out

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from auxilia.models.backbone import Backbone
+from auxilia.models.backbone import Backbone, StagedBackbone
 
 
 class BasicBlock(nn.Module):
@@ -43,7 +43,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(Backbone):
+class CifarResNet(StagedBackbone):
     """A 6n+2 CIFAR ResNet cut into its three stages.
 
     Args:
@@ -81,14 +81,6 @@ class CifarResNet(Backbone):
         self.stage_strides = {"s1": 1, "s2": 2, "s3": 4}
         _init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return every stage's feature map, ``{"s1": ..., "s2": ..., "s3": ...}``."""
-        out: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        for name, stage in zip(self.stage_names, self.stages, strict=True):
-            x = stage(x)
-            out[name] = x
-        return out
 
 
 def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

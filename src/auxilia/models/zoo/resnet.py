@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from auxilia.models.backbone import Backbone
+from auxilia.models.backbone import Backbone, StagedBackbone
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -76,7 +76,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet(Backbone):
+class ResNet(StagedBackbone):
     """ResNet with a CIFAR stem, cut into four stages.
 
     Args:
@@ -119,14 +119,6 @@ class ResNet(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return every stage's feature map, ``{"s1": ..., "s4": ...}``."""
-        out: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        for name, stage in zip(self.stage_names, self.stages, strict=True):
-            x = stage(x)
-            out[name] = x
-        return out
 
 
 def _factory(

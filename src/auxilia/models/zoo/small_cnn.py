@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import nn
 
-from auxilia.models.backbone import Backbone
+from auxilia.models.backbone import Backbone, StagedBackbone
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
@@ -26,7 +25,7 @@ def _conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
     ]
 
 
-class SmallCNN(Backbone):
+class SmallCNN(StagedBackbone):
     """Three stages of ``convs_per_stage`` conv3x3-BN-ReLU layers each.
 
     Args:
@@ -71,13 +70,6 @@ class SmallCNN(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return every stage's feature map, ``{"s1": ..., "s2": ..., "s3": ...}``."""
-        out: dict[str, torch.Tensor] = {}
-        for name, stage in zip(self.stage_names, self.stages, strict=True):
-            x = stage(x)
-            out[name] = x
-        return out
 
 
 def small_cnn(
