@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=_thresholds, default=None, metavar="T,T,...",
                    help="early-exit confidence thresholds (default: 0.5 to 0.999, and 1 = "
                         "always final)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace anytime.json and anytime.png in a folder that is not an auxilia "
+                        "run folder (in a run folder they are always replaced)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export a run's deployable classifier (heads removed)")
@@ -143,11 +146,13 @@ def _thresholds(text: str) -> list[float]:
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from auxilia.engine.anytime import THRESHOLDS, anytime_report, write_report
+    from auxilia.engine.anytime import THRESHOLDS, anytime_report, report_paths, write_report
     from auxilia.engine.export import run_folder_of
 
     if args.latency_batch < 1:
         raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
+    out = args.out or run_folder_of(args.path)
+    report_paths(out, args.overwrite)  # refuse before the evaluation, not after it
     splits = ("val", "test") if args.split == "both" else (args.split,)
     report = anytime_report(args.path, args.checkpoint, splits,
                             thresholds=args.thresholds or THRESHOLDS,
@@ -160,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
         f"{report['latency_repeats']} runs; one untraced forward of every exit takes "
         f"{report['forward_latency_ms']:.1f} ms)")
     console.print(_early_exit_table(report))
-    json_path, png_path = write_report(report, args.out or run_folder_of(args.path))
+    json_path, png_path = write_report(report, out, args.overwrite)
     console.print(f"wrote {json_path} and {png_path}")
     return 0
 

@@ -27,7 +27,11 @@ def summarize(evals: list[dict[str, Any]], best: dict[str, Any] | None, k: int
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Training loss and per-exit val/test top-1 against the step, saved as a PNG."""
+    """Training loss and per-exit val/test top-1 against the step, saved atomically as a PNG.
+
+    Raises:
+        OSError: the write failed; the message names ``path``, which is unchanged.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,5 +57,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from auxilia.engine.checkpoint import atomic_write  # here: auxilia.engine imports this module
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -117,3 +118,94 @@ def test_default_path_sidecar_and_overwrite(run_dir, capsys) -> None:
 def test_unknown_format_names_the_valid_ones(run_dir, tmp_path) -> None:
     with pytest.raises(ExportError, match="torchscript, onnx, state_dict"):
         export_run(run_dir, "tflite", tmp_path / "m.tflite")
+
+
+# ----------------------------------------------------------------------------- file names
+
+
+def test_out_must_end_in_the_format_suffix(run_dir, tmp_path, capsys) -> None:
+    # the sidecar is <stem>.json: a model written as model.json would be overwritten by it
+    assert cli(["export", str(run_dir), "--format", "torchscript", "--out",
+                str(tmp_path / "model.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "must end in .pt for --format torchscript, not .json" in err
+    assert "--out " + str(tmp_path / "model.pt") in err
+    with pytest.raises(ExportError, match=r"must end in \.onnx for --format onnx, not \.pt"):
+        export_run(run_dir, "onnx", tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_without_a_suffix_gets_it_and_a_trailing_slash_is_a_new_folder(
+        run_dir, tmp_path) -> None:
+    result = export_run(run_dir, "state_dict", tmp_path / "plain")
+    assert result.path == tmp_path / "plain.safetensors" and result.path.is_file()
+    assert result.sidecar == tmp_path / "plain.json"
+    result = export_run(run_dir, "state_dict", f"{tmp_path / 'new' / 'sub'}/")
+    assert result.path == tmp_path / "new" / "sub" / "model.safetensors" and result.path.is_file()
+    assert json.loads(result.sidecar.read_text())["files"] == {"state_dict": "model.safetensors"}
+
+
+@pytest.mark.parametrize("content", ["my notes\n", '{"a": 1}\n', "[1, 2]\n",
+                                     '{"source": "x", "files": {}}\n'])
+def test_a_sidecar_auxilia_did_not_write_is_kept_unless_overwrite(
+        run_dir, tmp_path, capsys, content) -> None:
+    sidecar = tmp_path / "m.json"
+    sidecar.write_text(content)
+    args = ["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {sidecar} exists and is not an auxilia export description; "
+                           "pass --overwrite to replace it or --out to export elsewhere")
+    assert sidecar.read_text() == content and sorted(tmp_path.iterdir()) == [sidecar]
+    assert cli([*args, "--overwrite"]) == 0
+    assert json.loads(sidecar.read_text())["files"] == {"torchscript": "m.pt"}
+
+
+def test_nothing_is_written_before_everything_is_checked(run_dir, tmp_path) -> None:
+    from auxilia.engine.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no run folder or checkpoint"):
+        export_run(tmp_path / "nope", "onnx", f"{tmp_path / 'a'}/")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((run_dir / "checkpoints" / "best.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        export_run(bad, "torchscript", tmp_path / "b" / "m.pt")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "m.onnx").write_bytes(b"someone's model")
+    with pytest.raises(ExportError, match=r"m\.onnx already exists; pass --overwrite"):
+        export_run(run_dir, "onnx", tmp_path / "c" / "m.onnx")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ExportError, match=r"file\.txt is a file, not a folder"):
+        export_run(run_dir, "onnx", tmp_path / "file.txt" / "d" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.pt", "c", "file.txt", "m.onnx"]
+    assert (tmp_path / "c" / "m.onnx").read_bytes() == b"someone's model"
+
+
+# ----------------------------------------------------------------------------- failed writes
+
+
+def _torn_torchscript(m, f, _extra_files=None) -> None:
+    f.write(b"\x00" * 1000)  # part of the file gets out, then the disk is full
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _torn_onnx(model, args, f, **kwargs) -> None:
+    Path(f).write_bytes(b"\x00" * 1000)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "writer", "torn"), [
+    ("torchscript", ".pt", "jit", _torn_torchscript), ("onnx", ".onnx", "onnx", _torn_onnx)])
+def test_a_write_failing_half_way_keeps_the_previous_export(
+        run_dir, tmp_path, capsys, monkeypatch, fmt, suffix, writer, torn) -> None:
+    target, sidecar = tmp_path / f"m{suffix}", tmp_path / "m.json"
+    args = ["export", str(run_dir), "--format", fmt, "--out", str(target), "--overwrite"]
+    assert cli(args) == 0
+    before = target.read_bytes(), sidecar.read_bytes()
+    monkeypatch.setattr(getattr(torch, writer), "save" if writer == "jit" else "export", torn)
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"error: [Errno 28] cannot write {target}: No space "
+                                            "left on device; the previous file is unchanged")
+    assert (target.read_bytes(), sidecar.read_bytes()) == before
+    assert sorted(tmp_path.iterdir()) == [sidecar, target]  # no temporary left behind

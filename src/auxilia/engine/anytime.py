@@ -21,7 +21,6 @@ needed for exits 1..k (the earlier heads were evaluated to decide not to leave).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +33,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from auxilia import jsonio
 from auxilia.data.types import Split
+from auxilia.engine.checkpoint import atomic_write
 from auxilia.engine.evaluate import batches
 from auxilia.engine.reload import load_run
+from auxilia.engine.runfolder import is_run_folder
 from auxilia.losses import topk_correct
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.999, 1.0)
@@ -283,12 +285,50 @@ def _early_exit_rows(logits: torch.Tensor, labels: torch.Tensor, thresholds: Seq
     return rows
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``anytime.json`` and ``anytime.png`` into ``out_dir``; return both paths."""
+REPORT_FILES = ("anytime.json", "anytime.png")
+"""The files :func:`write_report` writes."""
+
+
+def report_paths(out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+    """The paths of ``anytime.json`` and ``anytime.png`` in ``out_dir``, once they may be written.
+
+    Files of these names are replaced without asking only in an auxilia run folder (where
+    auxilia wrote them); elsewhere they may be someone else's, so ``overwrite`` must say so.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or it is not a run folder, holds one of the
+            files and ``overwrite`` is false; the message names the file and the fix.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out / "anytime.json", out / "anytime.png"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"cannot write the anytime report into {out}: it is a file, not a "
+                              "folder; name a folder with --out")
+    json_path, png_path = (out / name for name in REPORT_FILES)
+    taken = [p for p in (json_path, png_path) if p.exists() or p.is_symlink()]
+    if taken and not overwrite and not _is_auxilia_run(out):
+        raise FileExistsError(f"{taken[0]} already exists and {out} is not an auxilia run "
+                              "folder; pass --overwrite to replace it or --out to write elsewhere")
+    return json_path, png_path
+
+
+def _is_auxilia_run(folder: Path) -> bool:
+    """A run folder: auxilia's marker, or (runs older than the marker) its checkpoints."""
+    checkpoints = folder / "checkpoints"
+    return is_run_folder(folder) or any((checkpoints / name).is_file()
+                                        for name in ("last.pt", "best.pt"))
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False
+                 ) -> tuple[Path, Path]:
+    """Atomically write ``anytime.json`` (strict JSON) and ``anytime.png`` into ``out_dir``.
+
+    Raises:
+        FileExistsError: see :func:`report_paths`; nothing is written then.
+        OSError: a write failed; the message names the file, which is unchanged.
+    """
+    json_path, png_path = report_paths(out_dir, overwrite)
+    text = (jsonio.dumps(report, indent=2) + "\n").encode()
+    atomic_write(json_path, lambda f: f.write(text))
     plot_report(report, png_path)
     return json_path, png_path
 
@@ -318,5 +358,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

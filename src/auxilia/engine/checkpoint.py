@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,55 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, named in the message."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
     """Write through ``write(file)`` into a temporary sibling, fsync, then rename over ``path``.
 
     A crash at any point leaves either the old file or the new one, never a torn one; a
     crash may leave a ``.<name>.*.tmp`` sibling behind (see :data:`TEMPORARY_GLOB`).
 
+    ``write`` gets a binary file object whose failed writes are recorded: ``torch.save``
+    reports a failed write as a ``RuntimeError`` (``enforce fail at inline_container.cc``),
+    and the recorded ``OSError`` is the one raised instead.
+
     Raises:
         OSError: the write failed (e.g. no space left on device); the message names ``path``
             and ``path`` itself is unchanged.
     """
+    def fill(fd: int, tmp: Path) -> None:
+        with os.fdopen(fd, "wb") as f:
+            _write_through(f, write)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace(path, fill)
+
+
+def atomic_write_path(path: Path, write: Callable[[Path], object]) -> None:
+    """:func:`atomic_write` for writers that take a path only (``torch.onnx.export``).
+
+    ``write(tmp)`` writes the temporary sibling ``tmp``; it is then fsynced and renamed.
+
+    Raises:
+        OSError: as :func:`atomic_write`.
+    """
+    def fill(fd: int, tmp: Path) -> None:
+        os.close(fd)
+        write(tmp)
+        sync_fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(sync_fd)
+        finally:
+            os.close(sync_fd)
+
+    _replace(path, fill)
+
+
+def _replace(path: Path, fill: Callable[[int, Path], None]) -> None:
+    """Create a temporary sibling of ``path``, ``fill(fd, tmp)`` it, rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(fd, Path(tmp))
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +87,44 @@ def atomic_write(path: Path, write: Any) -> None:
     except OSError as err:
         raise _named(err, f"wrote {path} but cannot sync its folder",
                      "the new file may not survive a power loss") from err
+
+
+class _RecordingFile:
+    """A file object that keeps the first ``OSError`` its ``write`` or ``flush`` raised."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno, tell, seek, ... of the real file
+        return getattr(self._file, name)
+
+
+def _write_through(file: Any, write: Callable[[Any], object]) -> None:
+    """``write(file)``, raising the file's own ``OSError`` when the writer hid or replaced it."""
+    recorder = _RecordingFile(file)
+    try:
+        write(recorder)
+    except Exception as err:
+        if recorder.error is None:
+            raise
+        raise recorder.error from err
+    if recorder.error is not None:  # swallowed by the writer: the file is incomplete
+        raise recorder.error
 
 
 def _named(err: OSError, what: str, consequence: str) -> OSError:

@@ -9,11 +9,17 @@ its input and names the classes, so the file is usable without auxilia.
 ONNX goes through the TorchScript-based exporter (``dynamo=False``): the ``torch.export``-based
 one needs the ``onnxscript`` package, which the offline install lacks; the legacy exporter needs
 nothing beyond torch and writes a graph with a dynamic batch axis.
+
+Every file is written to a temporary sibling and renamed (:func:`atomic_write`), so a failed
+export leaves the previous files as they were. Everything is checked before anything is written:
+the format, the file name (its suffix must be the format's, so the model and its ``.json``
+sidecar never share a name), files in the way, and that the checkpoint loads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from auxilia import jsonio
+from auxilia.engine.checkpoint import atomic_write, atomic_write_path
 from auxilia.engine.reload import load_run, resolve_checkpoint
 from auxilia.engine.setup import Setup
 
 FORMATS: dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx", "state_dict": ".safetensors"}
-"""Export formats and the suffix of their default file name."""
+"""Export formats and the suffix their file name must end in."""
 
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -73,6 +81,31 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """The model file an export of ``path`` in format ``fmt`` writes.
+
+    ``out`` may be ``None`` (:func:`default_export_path`), an existing folder or a string
+    ending in ``/`` (a folder, created if missing: ``<out>/model<suffix>``), or a file name:
+    one without a suffix gets the format's suffix appended; another suffix is refused.
+
+    Raises:
+        ExportError: unknown format, or ``out`` ends in a suffix other than the format's.
+    """
+    suffix = _suffix(fmt)
+    if out is None:
+        return default_export_path(path, fmt)
+    target = Path(out)
+    if str(out).endswith(("/", os.sep)) or target.is_dir():
+        return target / f"model{suffix}"
+    if not target.suffix:
+        return target.with_name(target.name + suffix)
+    if target.suffix != suffix:
+        raise ExportError(f"--out {out} must end in {suffix} for --format {fmt}, not "
+                          f"{target.suffix} (the description beside it is the .json); use e.g. "
+                          f"--out {target.with_suffix(suffix)}")
+    return target
+
+
 def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which: str = "best",
                overwrite: bool = False) -> ExportResult:
     """Rebuild a run's model on the CPU and export its stripped classifier.
@@ -80,66 +113,68 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
     Args:
         path: run folder or checkpoint file.
         fmt: ``"torchscript"``, ``"onnx"`` or ``"state_dict"`` (a safetensors file).
-        out: file to write; default :func:`default_export_path`.
+        out: file or folder to write (see :func:`export_target`).
         which: checkpoint of a run folder, ``"best"`` (on validation) or ``"last"``.
-        overwrite: replace an existing file.
+        overwrite: replace an existing model file, and a sidecar auxilia did not write or
+            that describes another checkpoint.
 
     Raises:
-        ExportError: unknown format, or the file exists and ``overwrite`` is false.
+        ExportError: unknown format, wrong suffix, a file in the way and ``overwrite`` false;
+            nothing is written then.
+        CheckpointError: the checkpoint does not load; nothing is written then.
+        OSError: a write failed; the message names the file, which is unchanged.
     """
-    suffix = _suffix(fmt)
-    target = Path(out) if out is not None else default_export_path(path, fmt)
-    if target.is_dir():
-        target = target / f"model{suffix}"
+    target = export_target(path, fmt, out)
     sidecar = target.with_suffix(".json")
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target} already exists; pass --overwrite to replace it or --out "
-                          "to write elsewhere")
+    _check_target(target, overwrite)
     setup, checkpoint = load_run(path, which, device="cpu")
     card = model_card(setup, checkpoint, resolve_checkpoint(path, which))
     _check_sidecar(sidecar, card, overwrite)
     model = setup.model.strip().eval()
     example = example_batch(setup)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         export_torchscript(model, example, target)
     elif fmt == "onnx":
         export_onnx(model, example, target)
     else:
-        export_state_dict(model, target, {"auxilia": json.dumps(card)})
+        export_state_dict(model, target, {"auxilia": jsonio.dumps(card)})
     _write_sidecar(sidecar, card, fmt, target)
     return ExportResult(target, sidecar, fmt, card["params"], card["params_trained"])
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Trace ``model`` on ``example`` and save it with ``torch.jit.save``."""
+    """Trace ``model`` on ``example`` and save it atomically with ``torch.jit.save``."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        atomic_write(path, lambda f: torch.jit.save(traced, f))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export to ONNX (opset :data:`ONNX_OPSET`) with a dynamic batch axis.
+    """Export atomically to ONNX (opset :data:`ONNX_OPSET`) with a dynamic batch axis.
 
     Input ``images`` ``[batch, C, H, W]``, output ``logits`` ``[batch, num_classes]``.
     """
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        torch.onnx.export(
-            model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+    atomic_write_path(path, write)  # the exporter takes a path, not a file object
 
 
 def export_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | None = None
                       ) -> None:
-    """Save ``model.state_dict()`` (parameters and buffers) with ``safetensors``."""
-    from safetensors.torch import save_file
+    """Save ``model.state_dict()`` (parameters and buffers) atomically with ``safetensors``."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    data = save(state, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def example_batch(setup: Setup, size: int = 2) -> torch.Tensor:
@@ -181,20 +216,46 @@ def _suffix(fmt: str) -> str:
     return FORMATS[fmt]
 
 
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a model file in the way (unless ``overwrite``) or a file where a folder must be."""
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; pass --out a file name ending in "
+                          f"{target.suffix}, or another folder")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ExportError(f"{target} already exists; pass --overwrite to replace it or --out "
+                          "to write elsewhere")
+    folder = next((p for p in target.parents if p.exists()), None)  # created when writing
+    if folder is not None and not folder.is_dir():
+        raise ExportError(f"cannot export to {target}: {folder} is a file, not a folder; pass "
+                          "--out a path in a folder")
+
+
 def _check_sidecar(sidecar: Path, card: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix exports of two checkpoints under one sidecar unless ``overwrite``."""
+    """Refuse a sidecar auxilia did not write, or one of another checkpoint, unless ``overwrite``.
+
+    Exports of one checkpoint in several formats share the sidecar; two checkpoints may not.
+    """
+    if overwrite or not (sidecar.exists() or sidecar.is_symlink()):
+        return
     existing = _read_sidecar(sidecar)
-    if existing and existing.get("source") != card["source"] and not overwrite:
+    if not existing:
+        raise ExportError(f"{sidecar} exists and is not an auxilia export description; pass "
+                          "--overwrite to replace it or --out to export elsewhere")
+    if existing["source"] != card["source"]:
         raise ExportError(
-            f"{sidecar} describes another checkpoint ({existing.get('source')}); pass "
+            f"{sidecar} describes another checkpoint ({existing['source']}); pass "
             "--overwrite to replace it or --out to export elsewhere")
 
 
 def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """The sidecar's card, or ``{}`` when the file is missing or not an auxilia sidecar."""
     try:
-        return json.loads(sidecar.read_text())
+        card = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return {}
+    is_card = (isinstance(card, dict) and isinstance(card.get("source"), dict)
+               and isinstance(card.get("files"), dict))
+    return card if is_card else {}
 
 
 def _write_sidecar(sidecar: Path, card: dict[str, Any], fmt: str, target: Path) -> None:
@@ -202,4 +263,5 @@ def _write_sidecar(sidecar: Path, card: dict[str, Any], fmt: str, target: Path) 
     existing = _read_sidecar(sidecar)
     files = existing.get("files", {}) if existing.get("source") == card["source"] else {}
     card = {**card, "files": {**files, fmt: target.name}}
-    sidecar.write_text(json.dumps(card, indent=2) + "\n")
+    text = (jsonio.dumps(card, indent=2) + "\n").encode()
+    atomic_write(sidecar, lambda f: f.write(text))

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from auxilia import jsonio
 from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
 
 
@@ -100,7 +101,7 @@ class MetricsLog:
         self.folder = folder
         if resume_step is not None:
             kept = [r for r in folder.read_records() if r["step"] <= resume_step]
-            text = "".join(json.dumps(r) + "\n" for r in kept).encode()
+            text = "".join(jsonio.dumps(r) + "\n" for r in kept).encode()
             atomic_write(folder.metrics, lambda f: f.write(text))
         self._file = folder.metrics.open("a")
         self._failed = False
@@ -118,7 +119,7 @@ class MetricsLog:
             OSError: the append failed (e.g. no space left on device), naming the file.
         """
         try:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(jsonio.dumps(record) + "\n")
             self._file.flush()
         except OSError as err:
             self._failed = True

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
 
 if TYPE_CHECKING:
@@ -85,6 +85,6 @@ def check_compatible(saved: dict[str, Any], given: dict[str, Any], path: Path) -
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically write a JSON file."""
-    text = json.dumps(data, indent=2).encode()
+    """Atomically write a strict JSON file (a non-finite number is written as ``null``)."""
+    text = jsonio.dumps(data, indent=2).encode()
     atomic_write(path, lambda f: f.write(text))
