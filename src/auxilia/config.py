@@ -10,6 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import annotated_types as at
 import yaml
 from pydantic import (
     BaseModel,
@@ -21,7 +22,12 @@ from pydantic import (
 )
 
 from auxilia.data.config import DataConfig, Strict
+from auxilia.paths import regular_file
 from auxilia.recipes import RECIPES, RecipeParams
+
+SEED_MAX = 2**32 - 1
+"""Seeds are integers in ``[0, SEED_MAX]``: what ``numpy.random.seed`` accepts (torch takes more,
+but the run seeds NumPy with the same number)."""
 
 
 class ConfigError(ValueError):
@@ -106,7 +112,8 @@ class RunConfig(Strict):
 class Config(Strict):
     """The whole run."""
 
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, strict=True,
+                      description="strict: a bool or a float is not a seed")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: list[SerializeAsAny[RecipeParams]] = Field(default_factory=list)
@@ -153,20 +160,72 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file with the safe loader; the top level must be a mapping."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    """Parse a YAML file with the safe loader; the top level must be a mapping.
+
+    The file must be a regular file (a FIFO or ``/dev/stdin`` from a terminal would block) in
+    UTF-8, with or without a byte-order mark, or in UTF-16/UTF-32 with one.
+
+    Raises:
+        ConfigError: the file is missing, not a regular file, not text in those encodings, not
+            valid YAML, or not a mapping; the message names the file.
+    """
+    p = regular_file(path, "config file", ConfigError)
+    text = decode_text(p.read_bytes(), p)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(err)}") from None
     except RecursionError:
         raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections, "
                           f"got {type(data).__name__}")
     return data
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"), (b"\xef\xbb\xbf", "utf-8"))
+"""Byte-order marks, UTF-32's first: its little-endian mark starts with UTF-16's."""
+
+
+def decode_text(raw: bytes, path: Path) -> str:
+    """Decodes a text file: UTF-8 (optional BOM), or UTF-16/UTF-32 announced by a BOM.
+
+    Args:
+        raw: the file's bytes.
+        path: the file, for the message.
+
+    Returns:
+        The text, without its byte-order mark.
+
+    Raises:
+        ConfigError: ``FILE: not UTF-8 text (byte 0x.. at position N); save it as UTF-8``.
+            A NUL byte counts as not UTF-8: it is how UTF-16 without a BOM looks.
+    """
+    bom, encoding = next(((b, e) for b, e in _BOMS if raw.startswith(b)), (b"", "utf-8"))
+    nul = raw.find(b"\x00", len(bom)) if encoding == "utf-8" else -1
+    try:  # up to the first NUL: whichever bad byte comes first is the one named
+        text = raw[len(bom):nul if nul >= 0 else None].decode(encoding)
+    except UnicodeDecodeError as err:
+        name = ("UTF-8 text" if encoding == "utf-8"
+                else f"{encoding[:6].upper()} text despite its byte-order mark")
+        at = len(bom) + err.start
+        raise ConfigError(f"{path}: not {name} (byte 0x{raw[at]:02x} at position {at}); "
+                          "save it as UTF-8") from None
+    if nul >= 0:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x00 at position {nul}); "
+                          "save it as UTF-8")
+    return text
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where it is."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        return f"{err.problem}{context}{where}"
+    return " ".join(str(err).split())
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -330,7 +389,24 @@ def _expected(root: type[BaseModel], loc: list[str]) -> str:
     parent = _model_at(root, loc[:-1])
     if parent is None or loc[-1] not in parent.model_fields:
         return ""
-    ann = parent.model_fields[loc[-1]].annotation
+    field = parent.model_fields[loc[-1]]
+    ann = field.annotation
     if get_origin(ann) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(ann))
-    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    return name + _bounds(field.metadata)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """A field's numeric bounds as text: `` in [0, 4294967295]``, `` > 0``, or ``""``."""
+    low = next((("[", m.ge) if isinstance(m, at.Ge) else ("(", m.gt) for m in metadata
+                if isinstance(m, at.Ge | at.Gt)), None)
+    high = next(((m.le, "]") if isinstance(m, at.Le) else (m.lt, ")") for m in metadata
+                 if isinstance(m, at.Le | at.Lt)), None)
+    if low and high:
+        return f" in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f" {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f" {'<=' if high[1] == ']' else '<'} {high[0]}"
+    return ""

@@ -40,7 +40,7 @@ class DataConfig(Strict):
     download: bool = False
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)  # as config.SEED_MAX
     labels_per_class: int | None = Field(default=None, ge=1)
     train_subset: int | None = Field(
         default=None, ge=1,

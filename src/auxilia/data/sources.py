@@ -263,6 +263,13 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
     train, val, test = _official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
     if cfg.image_size is not None:
+        from auxilia.engine.memory import check_decoded_size  # here: engine imports this module
+        todo = [len(s) for s in (train, val, test, unlabeled) if s is not None
+                and s.images.shape[-2:] != (cfg.image_size, cfg.image_size)]
+        pixels = train.images.shape[1] * cfg.image_size**2  # _resize: float32 + uint8 chunks
+        check_decoded_size(sum(todo), train.images.shape[1], cfg.image_size, cfg.image_size,
+                           f"{cfg.source} resized to data.image_size={cfg.image_size}",
+                           working_bytes=5 * pixels * min(max(todo, default=0), 2048))
         train, val, test = (Split(_resize(s.images, cfg.image_size), s.labels)
                             for s in (train, val, test))
         if unlabeled is not None:

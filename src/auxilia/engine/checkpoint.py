@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from auxilia.models.weights import describe_load_error
+from auxilia.paths import regular_file
 
 TEMPORARY_GLOB = ".*.tmp"
 """Names of the temporaries :func:`atomic_write` creates; a crash may leave one behind."""
@@ -149,9 +150,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         CheckpointError: the file is missing, empty, truncated, corrupted or holds foreign
             objects; the message names it.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+    p = regular_file(path, "checkpoint", CheckpointError)  # a FIFO or /dev/zero would block
     hint = "(truncated, corrupted, or not an auxilia checkpoint)"
     if p.stat().st_size == 0:
         raise CheckpointError(f"cannot read checkpoint {p}: the file is empty (0 bytes) {hint}")

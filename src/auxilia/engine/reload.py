@@ -9,6 +9,7 @@ from auxilia.config import parse_config
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.setup import Setup, build_setup
+from auxilia.paths import regular_file
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -16,13 +17,13 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     p = Path(path)
     if p.is_dir():
         candidate = p / "checkpoints" / f"{which}.pt"
-        if not candidate.is_file():
+        if not candidate.exists():
             raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
                                   "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")
-        return candidate
+        return regular_file(candidate, "checkpoint", CheckpointError)
     if not p.exists():
         raise CheckpointError(f"no run folder or checkpoint at {p}")
-    return p
+    return regular_file(p, "checkpoint", CheckpointError)  # e.g. /dev/null or a FIFO
 
 
 def load_run(path: str | Path, which: str = "best", device: str | None = None

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from auxilia.config import Config
+from auxilia.config import Config, ConfigError
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits
 from auxilia.data.views import build_view
+from auxilia.engine.memory import check_step_memory
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
 from auxilia.recipes import RecipeContext, build_objective
@@ -36,14 +38,46 @@ class Setup:
         return getattr(torch, self.config.train.amp_dtype)
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N < the number of GPUs), mps"
+
+
 def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """The training device for ``train.device``, checked against this machine.
+
+    ``auto`` is CUDA when available, else the CPU. ``cpu`` takes no index: torch would accept
+    ``cpu:0``, but as a device different from ``cpu`` in comparisons.
+
+    Raises:
+        ConfigError: one line naming ``train.device``, the value, why and the valid forms.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=cpu")
-    return device
+    problem = _device_problem(name)
+    if problem:
+        raise ConfigError(f"train.device={name!r}: {problem}; valid: {DEVICE_FORMS}")
+    return torch.device(name)
+
+
+def _device_problem(name: str) -> str:
+    """What is wrong with a device name on this machine, or ``""``."""
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if cuda:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return "CUDA is not available here; use train.device=cpu"
+        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
+            return (f"this machine has {count} GPU{'s' if count > 1 else ''} (cuda:0 to "
+                    f"cuda:{count - 1})")
+        return ""
+    if name == "mps":
+        available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        return "" if available else "MPS is not available here; use train.device=cpu"
+    if name == "cpu":
+        return ""
+    key = name.strip().lower()
+    hint = {"gpu": "cuda", "cpu:0": "cpu", "mps:0": "mps"}.get(
+        key, key if key in ("auto", "cpu", "cuda", "mps") or key.startswith("cuda:") else None)
+    return f"not a device (did you mean {hint!r}?)" if hint else "not a device"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -56,8 +90,20 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_setup(config: Config, data: DatasetSplits | None = None) -> Setup:
-    """Load the data and build model, objective and views, seeded by ``config.seed``."""
+def build_setup(config: Config, data: DatasetSplits | None = None, *, training: bool = True
+                ) -> Setup:
+    """Load the data and build model, objective and views, seeded by ``config.seed``.
+
+    Args:
+        config: the run's config.
+        data: already loaded splits; by default loaded from ``config.data``.
+        training: False to only evaluate or export: the memory check then asks for an
+            evaluation batch to fit, not a training step.
+
+    Raises:
+        ConfigError: an unknown device, or a step that would not fit in memory
+            (:func:`auxilia.engine.memory.check_step_memory`).
+    """
     device = pick_device(config.train.device)
     if data is None:
         data = load_dataset(config.data, seed=config.seed)
@@ -78,12 +124,17 @@ def build_setup(config: Config, data: DatasetSplits | None = None) -> Setup:
     model = MultiExitModel(backbone, data.num_classes, list(objective.heads.values()),
                            drop_rate=mcfg.drop_rate, probe=objective.probe,
                            freeze_backbone=mcfg.freeze_backbone)
+    views = _views(config, data, objective, device)
+    # Before the model moves to the device and the loop allocates: a step that cannot fit is
+    # refused here, not by the kernel's OOM killer half-way into training.
+    check_step_memory(config, model, data.image_shape,
+                      sum(len(v) for v in objective.inputs().values()) or len(views), device,
+                      training=training)
     model.to(device)
     objective.to(device)
     if mcfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
-    return Setup(config, device, data, model, objective, _views(config, data, objective, device),
-                 _view("eval", data, device))
+    return Setup(config, device, data, model, objective, views, _view("eval", data, device))
 
 
 def _view(name: str, data: DatasetSplits, device: torch.device, augment: str = "auto"

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from auxilia.paths import regular_file
+
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a local ``.safetensors``, ``.pth`` or ``.pt`` file.
@@ -20,13 +22,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
+        OSError: the path is a directory, a FIFO, a device or a socket, or cannot be read
+            (:func:`auxilia.paths.regular_file`); the message names it.
         ValueError: the file cannot be read (corrupted, or pickles objects other than tensors,
             which are refused) or does not hold a mapping of names to tensors; the message
             names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    path = regular_file(path, "weights file")  # never opens a FIFO or reads /dev/zero
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
