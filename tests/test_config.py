@@ -92,8 +92,8 @@ def test_python_tags_are_refused(tmp_path: Path, tag: str) -> None:
     path.write_text(f"seed: {tag}\n")
     with pytest.raises(ConfigError, match=r"evil\.yaml: not valid YAML"):
         load_config(path)
-    config = load_config(None, [f"run.name={tag}"])  # an override stays a plain string
-    assert config.run.name == tag
+    config = load_config(None, [f"data.root={tag}"])  # an override stays a plain string
+    assert config.data.root == tag
 
 
 def _laughs() -> str:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from auxilia.config import Config
+
 EXIT_INTERRUPTED = 130
 
 
@@ -26,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.items = [*args.items, *extra]  # key=value items may follow the options
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:  # SIGINT: 130, SIGTERM: 143 (128 + signal number)
+        return int(getattr(err, "exit_code", EXIT_INTERRUPTED))
     except Exception as err:  # one readable line instead of a traceback
         if os.environ.get("AUXILIA_DEBUG"):
             raise
@@ -64,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace anytime.json and anytime.png in a folder that is not an auxilia "
                         "run folder (in a run folder they are always replaced)")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="the run's data.root when the data moved since training (its "
+                        "fingerprint must match)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export a run's deployable classifier (heads removed)")
@@ -75,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which checkpoint of a run folder (default: best on validation)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="the run's data.root when the data moved since training (its "
+                        "fingerprint must match)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("list", help="list registered methods, models or datasets")
@@ -86,12 +94,11 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from auxilia.config import load_config
     from auxilia.engine import train
-    from auxilia.engine.runlog import RunFolder
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
-    if args.resume and path is None and not items:
-        config = load_config(RunFolder(args.resume).config)
+    if args.resume and path is None:
+        config = _resume_config(Path(args.resume), items)
     else:
         config = load_config(path, items)
     if args.resume:
@@ -103,11 +110,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's own config (``RUN/config.yaml``) with ``key=value`` overrides on top.
+
+    The overrides may change only what does not change the results (``train.device``,
+    ``run.progress``, ...); the check against the checkpoint then names any other key.
+    """
+    from auxilia.config import load_config
+    from auxilia.engine.runlog import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise FileNotFoundError(f"cannot resume: {folder.config} does not exist; is {run_dir} "
+                                "an auxilia run folder?")
+    config = load_config(folder.config, overrides)
+    # run.dir and run.name locate the folder being resumed, wherever it was moved
+    config.run.dir, config.run.name = str(run_dir.parent), run_dir.name
+    return config
+
+
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    best = summary["best_val"]
+    best = summary.get("best_val")
+    console = Console()
+    if not best:
+        console.print(f"{summary['run']}: no evaluation had a finite validation loss and top-1, "
+                      "so no checkpoint was selected (no best.pt); see metrics.jsonl")
+        return
     table = Table(title=f"{summary['run']}  (selected on val at step {best['step']})")
     table.add_column("exit")
     for col in ("val top1", "test top1", "test top5", "last test top1"):
@@ -119,7 +150,6 @@ def _print_summary(summary: dict) -> None:
         table.add_row(exit_name, _fmt(best["val"].get(key)), _fmt(best["test"].get(key)),
                       _fmt(best["test"].get(f"{exit_name}/top5")),
                       _fmt(summary["last"].get(f"test/{key}")))
-    console = Console()
     console.print(table)
     console.print(f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training, "
                   f"{summary['train_images_per_s']:.0f} images/s; parameters "
@@ -156,7 +186,7 @@ def _eval(args: argparse.Namespace) -> int:
     splits = ("val", "test") if args.split == "both" else (args.split,)
     report = anytime_report(args.path, args.checkpoint, splits,
                             thresholds=args.thresholds or THRESHOLDS,
-                            latency_batch=args.latency_batch)
+                            latency_batch=args.latency_batch, data_root=args.data_root)
     console = Console()
     console.print(_exit_table(report, f"{args.path} (step {report['step']})"))
     console.print(
@@ -216,7 +246,8 @@ def _early_exit_table(report: dict) -> Table:
 def _export(args: argparse.Namespace) -> int:
     from auxilia.engine.export import export_run
 
-    result = export_run(args.path, args.format, args.out, args.checkpoint, args.overwrite)
+    result = export_run(args.path, args.format, args.out, args.checkpoint, args.overwrite,
+                        data_root=args.data_root)
     removed = result.params_trained - result.params_exported
     print(f"exported {args.format} to {result.path} (described in {result.sidecar})")
     print(f"parameters: {result.params_exported:,} exported, {result.params_trained:,} trained "

@@ -34,6 +34,32 @@ class ConfigError(ValueError):
     """A configuration problem, with a message that names the key and the fix."""
 
 
+MAX_RUN_NAME = 128
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name, else a ``ValueError`` saying why.
+
+    A plain name has no path separator, does not start with ``.`` (so neither ``.`` nor
+    ``..``, nor a hidden name), holds no control character and has at most
+    :data:`MAX_RUN_NAME` characters.
+    """
+    problem = ""
+    if not name:
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator; put the folder in run.dir instead"
+    elif name.startswith("."):
+        problem = "starts with '.' ('.', '..' and hidden names are not run names)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character"
+    elif len(name) > MAX_RUN_NAME:
+        problem = f"is longer than {MAX_RUN_NAME} characters"
+    if problem:
+        raise ValueError(f"run.name {name!r} {problem}; use a plain name such as 'my-run-1'")
+    return name
+
+
 class ModelConfig(Strict):
     """Which backbone to build. ``name`` is one of ``auxilia list models`` or ``timm/<name>``."""
 
@@ -101,6 +127,11 @@ class RunConfig(Strict):
     tensorboard: bool = True
     plot: bool = True
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_run_name(value)
 
     @field_validator("progress", mode="before")
     @classmethod

@@ -11,11 +11,13 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from auxilia.data import files
 from auxilia.data.config import CsvFiles, DataConfig
@@ -46,17 +48,24 @@ def _image(kind: str, g: int, size: int = 6) -> Image.Image:
     return Image.new(kind, (size, size), fill)
 
 
+def _unique(text: str) -> PngInfo:
+    """A PNG text chunk that makes a file's bytes unique: identical files count as copies."""
+    info = PngInfo()
+    info.add_text("file", text)
+    return info
+
+
 def _modes_tree(root: Path, n: int = 5) -> Path:
     for kind, g in GREY.items():
         (root / kind).mkdir(parents=True)
         for i in range(n):
-            _image(kind, g).save(root / kind / f"{i}.png")
+            _image(kind, g).save(root / kind / f"{i}.png", pnginfo=_unique(f"{kind}/{i}"))
     return root
 
 
 def _write(path: Path, color: tuple[int, int, int] = (1, 2, 3)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (6, 6), color).save(path)
+    Image.new("RGB", (6, 6), color).save(path, pnginfo=_unique(str(path)))
     return path
 
 
@@ -93,12 +102,12 @@ def test_sixteen_bit_greys_are_scaled_not_clipped(tmp_path: Path) -> None:
     ramp = np.arange(0, 65536, 257, dtype=np.uint16)[:256].reshape(16, 16)  # 0 .. 65535
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
     Image.fromarray(np.full((16, 16), 65535, np.uint16)).save(tmp_path / "white.png")
-    images, errors = files._decode_chunk([str(tmp_path / "ramp.png"),
+    images, errors, *_ = files._decode_chunk([str(tmp_path / "ramp.png"),
                                           str(tmp_path / "white.png")], "L", None)
     assert errors == ["", ""]
     assert np.array_equal(images[0], np.arange(256, dtype=np.uint8).reshape(16, 16))
     assert (images[1] == 255).all()
-    rgb, _ = files._decode_chunk([str(tmp_path / "ramp.png")], "RGB", None)
+    rgb, *_ = files._decode_chunk([str(tmp_path / "ramp.png")], "RGB", None)
     assert np.array_equal(rgb[0][..., 1], images[0])
 
 
@@ -149,10 +158,12 @@ def test_a_dying_decoder_process_is_reported(tmp_path: Path,
     root = _tree(tmp_path)
     poison = _write(root / "cat" / "poison.png")
 
-    def open_(path: str, *args: object, **kwargs: object) -> Image.Image:
-        if path == str(poison):
+    poison_bytes = poison.read_bytes()
+
+    def open_(data: Any, *args: object, **kwargs: object) -> Image.Image:
+        if data.getvalue() == poison_bytes:
             os._exit(1)  # a crash inside a decoder (segfault, out of memory): the worker dies
-        return Image.open(path, *args, **kwargs)
+        return Image.open(data, *args, **kwargs)
 
     monkeypatch.setattr(files, "Image", SimpleNamespace(open=open_, Resampling=Image.Resampling))
     monkeypatch.setattr(files, "_SERIAL_DECODE_BELOW", 1)

@@ -9,6 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from auxilia.data import files, sources
 from auxilia.data.config import CsvFiles, DataConfig
@@ -18,13 +19,21 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 COLORS = {"ant": (255, 0, 0), "bee": (0, 255, 0), "cat": (0, 0, 255)}
 
 
+def _unique(path: Path) -> PngInfo:
+    info = PngInfo()
+    info.add_text("file", str(path))
+    return info
+
+
 def _write_images(folder: Path, n: int, color: tuple[int, int, int], size: int = 12,
                   ext: str = "png") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         path = folder / f"{i:03d}.{ext}"
-        Image.new("RGB", (size, size), color).save(path)
+        # one colour per class; the PNG text chunk makes every file's bytes unique (identical
+        # files would be dropped as duplicates)
+        Image.new("RGB", (size, size), color).save(path, pnginfo=_unique(path))
         paths.append(path)
     return paths
 
@@ -119,7 +128,9 @@ class _FakeTorchvision:
         assert Path(root).is_dir() and download is False
         split = split or ("train" if train else "test")
         n = self.n[split]
-        pixels = torch.arange(3, dtype=torch.uint8).view(1, 3, 1, 1).expand(n, 3, 8, 8)
+        pixels = torch.arange(3, dtype=torch.uint8).view(1, 3, 1, 1).expand(n, 3, 8, 8).clone()
+        offset = {"train": 0, "test": 100, "unlabeled": 200}[split]
+        pixels[:, 0, 7, 7] = torch.arange(n) + offset  # every image unique: no duplicates
         self.data = (pixels.permute(0, 2, 3, 1) if self.layout == "NHWC" else pixels).numpy()
         labels = (torch.arange(n) % 10).tolist() if split != "unlabeled" else [-1] * n
         if self.layout == "NHWC":

@@ -50,6 +50,10 @@ class DataConfig(Strict):
         description="resize images to this square size (folder/csv: at decode time)")
     grayscale: bool = False
     on_bad_image: Literal["fail", "skip"] = "fail"
+    duplicates: Literal["drop", "error", "keep"] = Field(
+        default="drop",
+        description="an image of val/test identical to a training image (or a test image "
+                    "identical to a val one): drop it from val/test, refuse, or keep it")
     csv: CsvFiles | None = None
     stl10_unlabeled: bool = Field(
         default=False, description="stl10: also load the 100,000 unlabeled images as `unlabeled`")

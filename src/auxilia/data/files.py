@@ -1,19 +1,24 @@
-"""Image-file sources: ``folder`` (``<class>/<image>`` trees) and ``csv`` (filename, class rows).
+"""Reading and decoding image files, for the ``folder`` and ``csv`` sources.
 
-Files are decoded with PIL, in a process pool when there are many of them
-(:func:`decode_images`); the loaders return :class:`~auxilia.data.raw.RawData`.
+Files are read once and decoded with PIL from memory, in a process pool when there are many of
+them (:func:`decode_files`); each file's bytes also give its content key, so that identical
+files are recognised (:mod:`auxilia.data.hygiene`). The sources themselves live in
+:mod:`auxilia.data.folders`.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import io
 import multiprocessing
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -25,26 +30,33 @@ from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.types import Split
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_images"]
+__all__ = ["IMAGE_EXTENSIONS", "DecodedFiles", "content_key", "decode_files", "decode_images"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
 _SERIAL_DECODE_BELOW = 2048  # fewer files than this decode in-process: a pool costs more
 
 
-def _decode_chunk(paths: Sequence[str], mode: str, size: int | None
-                  ) -> tuple[np.ndarray | list[np.ndarray], list[str]]:
-    """Decodes image files (runs in worker processes).
+Decoded = tuple[np.ndarray | list[np.ndarray], list[str], list[int], list[int]]
+"""What :func:`_decode_chunk` returns for a chunk of files: images, errors, keys, sizes."""
+
+
+def _decode_chunk(paths: Sequence[str], mode: str, size: int | None) -> Decoded:
+    """Reads and decodes image files (runs in worker processes).
 
     Returns:
-        ``(images, errors)``: the decoded images in order, stacked ``[k, H, W(, C)]`` when they
-        share one shape (a list otherwise), and one error string per path (``""`` = decoded).
+        ``(images, errors, keys, sizes)``: the decoded images in order, stacked
+        ``[k, H, W(, C)]`` when they share one shape (a list otherwise); one error string per
+        path (``""`` = decoded); per path the content key of its bytes (:func:`content_key`,
+        0 when unreadable) and its size in bytes.
     """
     images: list[np.ndarray] = []
-    errors: list[str] = []
+    errors, keys, sizes = [], [], []
     for path in paths:
+        data = b""
         try:
-            with Image.open(path) as im:
+            data = _read_regular(path)
+            with Image.open(io.BytesIO(data)) as im:
                 im = _to_8bit(im).convert(mode)
                 if size is not None and im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
@@ -52,9 +64,32 @@ def _decode_chunk(paths: Sequence[str], mode: str, size: int | None
             errors.append("")
         except Exception as exc:  # PIL raises many types on unreadable files
             errors.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        keys.append(content_key(data) if data else 0)
+        sizes.append(len(data))
     if images and len({a.shape for a in images}) == 1:
-        return np.stack(images), errors
-    return images, errors
+        return np.stack(images), errors, keys, sizes
+    return images, errors, keys, sizes
+
+
+def content_key(data: bytes) -> int:
+    """A 64-bit content hash (BLAKE2b) of ``data`` as a signed ``int64``: equal bytes, equal key."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of a regular file; FIFOs, devices and sockets are refused, never read.
+
+    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer; the type is checked on
+    the opened file, so it cannot change between the check and the read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                    or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+            raise OSError(f"{kind}, not a regular file; refused")
+        return f.read()
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -78,7 +113,7 @@ def _num_workers(cfg: DataConfig) -> int:
 
 
 def _map_chunks(paths: list[str], mode: str, size: int | None, workers: int
-                ) -> list[tuple[np.ndarray | list[np.ndarray], list[str]]]:
+                ) -> list[Decoded]:
     """Decodes ``paths`` in chunks, in a process pool when there are enough of them."""
     decode = partial(_decode_chunk, mode=mode, size=size)
     if workers <= 1 or len(paths) < _SERIAL_DECODE_BELOW:
@@ -97,8 +132,7 @@ def _map_chunks(paths: list[str], mode: str, size: int | None, workers: int
             "in-process and find the file") from None
 
 
-def _stack(results: list[tuple[np.ndarray | list[np.ndarray], list[str]]], paths: list[str]
-           ) -> torch.Tensor:
+def _stack(results: list[Decoded], paths: list[str]) -> torch.Tensor:
     """Stacks decoded chunks into ``uint8`` ``[N, C, H, W]``; differing sizes are an error."""
     arrays = [r[0] for r in results if len(r[0])]
     if all(isinstance(a, np.ndarray) for a in arrays) and len({a.shape[1:] for a in arrays}) == 1:
@@ -119,17 +153,41 @@ def _stack(results: list[tuple[np.ndarray | list[np.ndarray], list[str]]], paths
     return (t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2)).contiguous()
 
 
+@dataclass
+class DecodedFiles:
+    """Image files decoded by :func:`decode_files`.
+
+    Attributes:
+        images: ``uint8`` ``[K, C, H, W]``, one per kept file, in order.
+        kept: boolean ``[N]`` over the input paths: which files were decoded.
+        keys: ``int64`` ``[N]`` content key of each file's bytes (:func:`content_key`).
+        sizes: ``int64`` ``[N]`` size of each file in bytes.
+        notes: what was skipped, for the run's notes.
+    """
+
+    images: torch.Tensor
+    kept: torch.Tensor
+    keys: torch.Tensor
+    sizes: torch.Tensor
+    notes: list[str]
+
+
 def decode_images(paths: Sequence[Path | str], cfg: DataConfig
                   ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decodes image files to ``uint8`` ``[N, C, H, W]`` (RGB, or L with ``cfg.grayscale``).
+    """``(images, kept, notes)`` of :func:`decode_files`."""
+    decoded = decode_files(paths, cfg)
+    return decoded.images, decoded.kept, decoded.notes
+
+
+def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
+    """Reads and decodes image files to ``uint8`` ``[N, C, H, W]`` (RGB, or L with grayscale).
+
+    Each file is read once: its bytes give the content key (identical files, identical keys)
+    and are decoded from memory. Special files (FIFOs, devices) are refused, never read.
 
     Args:
         paths: image files.
         cfg: uses ``grayscale``, ``image_size``, ``num_workers`` and ``on_bad_image``.
-
-    Returns:
-        ``(images, kept, notes)``: images of the decoded files, a boolean mask over ``paths`` of
-        the files kept, and notes on skipped files.
 
     Raises:
         DataError: an undecodable file with ``on_bad_image="fail"``; sizes that differ without
@@ -138,7 +196,7 @@ def decode_images(paths: Sequence[Path | str], cfg: DataConfig
     str_paths = [str(p) for p in paths]
     results = _map_chunks(str_paths, "L" if cfg.grayscale else "RGB", cfg.image_size,
                           _num_workers(cfg))
-    errors = [e for _, chunk_errors in results for e in chunk_errors]
+    errors = [e for r in results for e in r[1]]
     bad = [(p, e) for p, e in zip(str_paths, errors, strict=True) if e]
     notes: list[str] = []
     if bad and cfg.on_bad_image == "fail":
@@ -153,16 +211,24 @@ def decode_images(paths: Sequence[Path | str], cfg: DataConfig
     kept = torch.tensor([not e for e in errors], dtype=torch.bool)
     if not bool(kept.any()):
         raise DataError(f"none of the {len(str_paths)} image files could be decoded")
-    return _stack(results, str_paths), kept, notes
+    keys = torch.tensor([k for r in results for k in r[2]], dtype=torch.int64)
+    sizes = torch.tensor([n for r in results for n in r[3]], dtype=torch.int64)
+    return DecodedFiles(_stack(results, str_paths), kept, keys, sizes, notes)
 
 
 def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list[str],
-                  cfg: DataConfig) -> RawData:
-    """Decodes the files of every split at once (one pool) and builds :class:`RawData`."""
+                  cfg: DataConfig, anchor: Path) -> RawData:
+    """Decodes the files of every split at once (one pool) and builds :class:`RawData`.
+
+    Samples are named by their path relative to ``anchor`` (the data root), so that a run's
+    fingerprint does not change when the whole dataset moves.
+    """
     all_paths = [p for paths, _ in groups.values() for p in paths]
-    images, kept, notes = decode_images(all_paths, cfg)
+    decoded = decode_files(all_paths, cfg)
+    kept = decoded.kept
     all_labels = torch.tensor([y for _, labels in groups.values() for y in labels],
                               dtype=torch.int64)
+    all_names = np.array([os.path.relpath(p, anchor) for p in all_paths], dtype=object)
     position = torch.cumsum(kept.long(), 0) - 1  # row of each kept file in ``images``
     splits: dict[str, Split] = {}
     start = 0
@@ -172,7 +238,8 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
         if len(sel) == 0:
             raise DataError(f"no {name} image could be decoded ({len(paths)} skipped; see the "
                             "warning for the files)")
-        splits[name] = Split(images[position[sel]], all_labels[sel])
+        splits[name] = Split(decoded.images[position[sel]], all_labels[sel], decoded.keys[sel],
+                             all_names[sel.numpy()])
         start += len(paths)
     counts = torch.bincount(splits["train"].labels, minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
@@ -180,108 +247,4 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
         raise DataError(f"class(es) {empty} have no decodable training image (every file was "
                         "skipped as undecodable); fix the files or remove the class")
     return RawData(splits["train"], classes, "natural", val=splits.get("val"),
-                   test=splits.get("test"), notes=notes)
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _scan_classes(folder: Path, classes: list[str] | None
-                  ) -> tuple[list[str], list[Path], list[int]]:
-    """Lists ``folder/<class>/<image>``; ``classes`` None means "this is train: define them"."""
-    dirs = _class_dirs(folder)
-    if not dirs:
-        raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
-    names = [d.name for d in dirs]
-    if classes is None:
-        classes = names
-    unknown = [n for n in names if n not in classes]
-    if unknown:
-        raise DataError(f"class folder(s) {unknown} in {folder} do not exist in the training "
-                        f"split (classes: {classes})")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not p.name.startswith(".") and p.is_file())
-        if not files:
-            raise DataError(f"class folder {d} holds no image files "
-                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        paths += files
-        labels += [classes.index(d.name)] * len(files)
-    return classes, paths, labels
-
-
-def _load_folder(cfg: DataConfig) -> RawData:
-    if cfg.root is None:
-        raise DataError("source 'folder' needs data.root: a folder of <class>/<image> folders, or "
-                        "of train/, val/, test/ folders that hold them")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"source 'folder': data.root={cfg.root!r} is not a folder")
-    if not (root / "train").is_dir():
-        classes, paths, labels = _scan_classes(root, None)
-        return _files_to_raw({"train": (paths, labels)}, classes, cfg)
-    classes, paths, labels = _scan_classes(root / "train", None)
-    groups = {"train": (paths, labels)}
-    for name in ("val", "test"):
-        if (root / name).is_dir():
-            groups[name] = _scan_classes(root / name, classes)[1:]
-    return _files_to_raw(groups, classes, cfg)
-
-
-def _read_csv(path: Path, cfg: DataConfig, split: str, classes: list[str] | None
-              ) -> tuple[list[Path], list[str]]:
-    """Reads ``(image paths, label strings)`` of one CSV, validating columns and labels."""
-    files = cfg.csv
-    assert files is not None
-    if not path.is_file():
-        raise DataError(f"{split} CSV not found: {path}")
-    image_dir = Path(files.image_dir) if files.image_dir else path.parent
-    if files.image_dir and cfg.root and not image_dir.is_absolute():
-        image_dir = Path(cfg.root) / image_dir
-    known = set(classes) if classes is not None else None
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for col, key in ((files.filename_column, "filename_column"),
-                         (files.label_column, "label_column")):
-            if col not in columns:
-                raise DataError(f"{split} CSV {path} has no column {col!r}; columns found: "
-                                f"{columns}. Set data.csv.{key} to the right one")
-        paths, labels = [], []
-        for row in reader:
-            name, label = (row[files.filename_column] or "").strip(), (
-                row[files.label_column] or "").strip()
-            if not name or not label:
-                raise DataError(f"{split} CSV {path} line {reader.line_num}: empty file name "
-                                "or label")
-            if known is not None and label not in known:
-                raise DataError(f"{split} CSV {path} line {reader.line_num}: label {label!r} does "
-                                f"not occur in the training CSV (classes: {classes})")
-            paths.append(image_dir / name)
-            labels.append(label)
-    if not paths:
-        raise DataError(f"{split} CSV {path} lists no images")
-    return paths, labels
-
-
-def _load_csv(cfg: DataConfig) -> RawData:
-    if cfg.csv is None:
-        raise DataError("source 'csv' needs data.csv.train (and optionally data.csv.val / .test)")
-
-    def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
-        return Path(cfg.root) / path if cfg.root and not path.is_absolute() else path
-
-    train_paths, train_labels = _read_csv(resolve(cfg.csv.train), cfg, "train", None)
-    classes = sorted(set(train_labels))
-    index = {name: i for i, name in enumerate(classes)}
-    groups = {"train": (train_paths, [index[y] for y in train_labels])}
-    for split in ("val", "test"):
-        name = getattr(cfg.csv, split)
-        if name is not None:
-            paths, labels = _read_csv(resolve(name), cfg, split, classes)
-            groups[split] = (paths, [index[y] for y in labels])
-    return _files_to_raw(groups, classes, cfg)
+                   test=splits.get("test"), notes=decoded.notes)

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 
 from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
-from auxilia.data.files import _load_csv, _load_folder, decode_images
+from auxilia.data.files import decode_images
+from auxilia.data.folders import load_csv, load_folder
+from auxilia.data.hygiene import array_keys, dedupe_within, remove_cross_split_copies
+from auxilia.data.identity import identity
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.splits import labeled_unlabeled, stratified_split, stratified_subset
 from auxilia.data.types import DatasetSplits, Split
@@ -42,14 +45,10 @@ class SourceSpec:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _take(split: Split, idx: torch.Tensor) -> Split:
-    return Split(split.images[idx], split.labels[idx])
-
-
 def _cat(a: Split | None, b: Split | None) -> Split | None:
     if a is None or b is None:
         return a if b is None else b
-    return Split(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]))
+    return Split.cat(a, b)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
@@ -184,7 +183,7 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
     unlabeled = None
     if name == "stl10" and cfg.stl10_unlabeled:
         unlabeled, _ = _read_torchvision(name, cfg, "unlabeled")
-        unlabeled = Split(unlabeled.images, torch.full_like(unlabeled.labels, -1))
+        unlabeled = unlabeled.with_labels(torch.full_like(unlabeled.labels, -1))
     return RawData(train, classes, info.family, test=test, unlabeled=unlabeled,
                    stats=(info.mean, info.std))
 
@@ -194,8 +193,8 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
 
 SOURCES: dict[str, SourceSpec] = {
     "digits": SourceSpec(_load_digits, "scikit-learn's bundled 8x8 digits (1,797), no files"),
-    "folder": SourceSpec(_load_folder, "image folders: root/[train|val|test/]<class>/<image>"),
-    "csv": SourceSpec(_load_csv, "CSV files of (filename, class) rows, one per split"),
+    "folder": SourceSpec(load_folder, "image folders: root/[train|val|test/]<class>/<image>"),
+    "csv": SourceSpec(load_csv, "CSV files of (filename, class) rows, one per split"),
     **{name: SourceSpec(partial(_load_torchvision, name), f"torchvision {info.cls_name} at root")
        for name, info in _TORCHVISION.items()},
 }
@@ -213,7 +212,7 @@ def _get_spec(name: str) -> SourceSpec:
 
 def _carve(pool: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     keep, take = stratified_split(pool.labels, fraction, seed)
-    return _take(pool, keep), _take(pool, take)
+    return pool.take(keep), pool.take(take)
 
 
 def _official_to_splits(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
@@ -260,6 +259,11 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
     if cfg.grayscale and raw.train.images.shape[1] != 1:
         raise DataError(f"data.grayscale applies to the folder and csv sources, not to "
                         f"{cfg.source!r} (3 channels)")
+    if len(raw.classes) < 2:
+        raise DataError(f"source {cfg.source!r} has {len(raw.classes)} class "
+                        f"({', '.join(raw.classes)}): a classifier needs at least two; check "
+                        "data.root (it should hold one folder per class)")
+    _clean(raw, cfg)
     train, val, test = _official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
     if cfg.image_size is not None:
@@ -270,23 +274,60 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
         check_decoded_size(sum(todo), train.images.shape[1], cfg.image_size, cfg.image_size,
                            f"{cfg.source} resized to data.image_size={cfg.image_size}",
                            working_bytes=5 * pixels * min(max(todo, default=0), 2048))
-        train, val, test = (Split(_resize(s.images, cfg.image_size), s.labels)
+        train, val, test = (s.with_images(_resize(s.images, cfg.image_size))
                             for s in (train, val, test))
         if unlabeled is not None:
-            unlabeled = Split(_resize(unlabeled.images, cfg.image_size), unlabeled.labels)
+            unlabeled = unlabeled.with_images(_resize(unlabeled.images, cfg.image_size))
     mean, std = raw.stats or channel_stats(train.images)
     if cfg.train_subset is not None:
         if cfg.train_subset >= len(train):
             raw.notes.append(f"train_subset={cfg.train_subset} >= {len(train)}: all kept")
-        train = _take(train, stratified_subset(train.labels, cfg.train_subset, draw_seed))
+        train = train.take(stratified_subset(train.labels, cfg.train_subset, draw_seed))
     if cfg.labels_per_class is not None:
         try:
             lab, unl = labeled_unlabeled(train.labels, cfg.labels_per_class, draw_seed,
                                          raw.classes)
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-        rest = Split(train.images[unl], torch.full((len(unl),), -1, dtype=torch.int64))
-        train, unlabeled = _take(train, lab), _cat(rest, unlabeled)
-    return DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
+        rest = train.take(unl).with_labels(torch.full((len(unl),), -1, dtype=torch.int64))
+        train, unlabeled = train.take(lab), _cat(rest, unlabeled)
+    _check_every_class_trains(train, raw.classes, cfg)
+    data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
                          unlabeled=unlabeled, notes=raw.notes)
+    data.identity = identity(data, cfg.source)
+    return data
+
+
+def _clean(raw: RawData, cfg: DataConfig) -> None:
+    """Give every official split content keys, drop copies inside each split and handle copies
+    across splits (:mod:`auxilia.data.hygiene`), in place; what was done goes to the notes."""
+    splits = {"train": raw.train, "unlabeled": raw.unlabeled, "val": raw.val, "test": raw.test}
+    for name, split in splits.items():
+        if split is None:
+            continue
+        if split.keys is None:
+            split = Split(split.images, split.labels, array_keys(split.images),
+                          np.array([f"{name}[{i}]" for i in range(len(split))], dtype=object))
+        split, notes = dedupe_within(split, name)
+        raw.notes += notes
+        splits[name] = split
+    splits, notes = remove_cross_split_copies(splits, cfg.duplicates)
+    raw.notes += notes
+    raw.train, raw.unlabeled, raw.val, raw.test = (splits["train"], splits["unlabeled"],
+                                                   splits["val"], splits["test"])
+    if raw.train is None:
+        raise DataError("the training split is empty")
+
+
+def _check_every_class_trains(train: Split, classes: list[str], cfg: DataConfig) -> None:
+    """Refuse a training split in which some class has no sample (nothing to learn it from)."""
+    counts = torch.bincount(train.labels[train.labels >= 0], minlength=len(classes))
+    empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+    if not empty:
+        return
+    hint = (f"data.train_subset={cfg.train_subset} is too small for {len(classes)} classes: "
+            f"use at least {len(classes)}" if cfg.train_subset is not None
+            else "add training images for them or remove the classes")
+    raise DataError(f"class(es) {', '.join(empty[:10])} have no training sample after "
+                    f"splitting; {hint}")

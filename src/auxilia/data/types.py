@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -14,13 +16,43 @@ class Split:
     Attributes:
         images: ``uint8`` tensor ``[N, C, H, W]``.
         labels: ``int64`` tensor ``[N]``; ``-1`` where the label is hidden (unlabeled data).
+        keys: ``int64`` ``[N]`` content hash of each sample (of the file's bytes for image
+            files, of the pixels otherwise): equal keys mean identical images. Set by
+            :func:`auxilia.data.sources.load_dataset`.
+        names: where each sample came from, ``[N]`` strings: a file path relative to the
+            data root, or ``<split>[<index>]`` for array datasets.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
+    keys: torch.Tensor | None = None
+    names: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def take(self, idx: torch.Tensor) -> Split:
+        """The samples ``idx`` (an ``int64`` index tensor), with their keys and names."""
+        return Split(self.images[idx], self.labels[idx],
+                     None if self.keys is None else self.keys[idx],
+                     None if self.names is None else self.names[idx.numpy()])
+
+    def with_images(self, images: torch.Tensor) -> Split:
+        """The same samples with other pixels (e.g. resized)."""
+        return Split(images, self.labels, self.keys, self.names)
+
+    def with_labels(self, labels: torch.Tensor) -> Split:
+        """The same samples with other labels (e.g. hidden: ``-1``)."""
+        return Split(self.images, labels, self.keys, self.names)
+
+    @staticmethod
+    def cat(a: Split, b: Split) -> Split:
+        """``a`` followed by ``b`` (keys and names kept when both have them)."""
+        keys = None if a.keys is None or b.keys is None else torch.cat([a.keys, b.keys])
+        names = (None if a.names is None or b.names is None
+                 else np.concatenate([a.names, b.names]))
+        return Split(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), keys,
+                     names)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -29,6 +61,10 @@ class Split:
         if self.labels.shape[0] != self.images.shape[0]:
             raise ValueError("Split.images and Split.labels differ in length: "
                              f"{self.images.shape[0]} vs {self.labels.shape[0]}")
+        for name, value in (("keys", self.keys), ("names", self.names)):
+            if value is not None and len(value) != self.labels.shape[0]:
+                raise ValueError(f"Split.{name} has {len(value)} entries for "
+                                 f"{self.labels.shape[0]} samples")
 
 
 @dataclass
@@ -55,6 +91,8 @@ class DatasetSplits:
     family: str
     unlabeled: Split | None = None
     notes: list[str] = field(default_factory=list)
+    identity: dict[str, Any] | None = None
+    """The data's fingerprint (:mod:`auxilia.data.identity`), stored with every run."""
 
     @property
     def num_classes(self) -> int:

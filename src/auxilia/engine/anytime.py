@@ -220,7 +220,7 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] = ("val", "test"),
                    thresholds: Sequence[float] = THRESHOLDS, latency_batch: int = 64,
-                   repeats: int = 5) -> dict[str, Any]:
+                   repeats: int = 5, data_root: str | Path | None = None) -> dict[str, Any]:
     """Accuracy and cost of every exit, and the early-exit curve, of a saved run.
 
     Logits are computed in float32 on the run's device; costs are measured on the CPU.
@@ -230,8 +230,11 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
         A JSON-ready dict: ``exits`` (per exit: params, flops, latency_ms, and top1/top5 per
         split), ``early_exit`` (per split, one row per threshold), ``latency_batch``,
         ``checkpoint`` and ``step``.
+
+    ``data_root`` is the data's new root when it moved since training (see
+    :func:`auxilia.engine.reload.load_run`).
     """
-    setup, checkpoint = load_run(path, which)
+    setup, checkpoint = load_run(path, which, data_root=data_root)
     cfg = setup.config
     logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     names: list[str] = []

@@ -107,7 +107,7 @@ def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> 
 
 
 def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which: str = "best",
-               overwrite: bool = False) -> ExportResult:
+               overwrite: bool = False, data_root: str | Path | None = None) -> ExportResult:
     """Rebuild a run's model on the CPU and export its stripped classifier.
 
     Args:
@@ -117,6 +117,8 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
         which: checkpoint of a run folder, ``"best"`` (on validation) or ``"last"``.
         overwrite: replace an existing model file, and a sidecar auxilia did not write or
             that describes another checkpoint.
+        data_root: the data's new root when it moved since training (its fingerprint must
+            match the run's).
 
     Raises:
         ExportError: unknown format, wrong suffix, a file in the way and ``overwrite`` false;
@@ -127,7 +129,7 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
     target = export_target(path, fmt, out)
     sidecar = target.with_suffix(".json")
     _check_target(target, overwrite)
-    setup, checkpoint = load_run(path, which, device="cpu")
+    setup, checkpoint = load_run(path, which, device="cpu", data_root=data_root)
     card = model_card(setup, checkpoint, resolve_checkpoint(path, which))
     _check_sidecar(sidecar, card, overwrite)
     model = setup.model.strip().eval()

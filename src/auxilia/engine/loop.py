@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,16 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from auxilia.config import Config
+from auxilia.config import Config, check_run_name
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.evaluate import autocast, evaluate
 from auxilia.engine.optim import build_optimizer
 from auxilia.engine.runlog import MetricsLog, Progress, RunFolder
 from auxilia.engine.schedule import lr_factor
 from auxilia.engine.setup import Setup, build_setup
+from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.report import plot_curves, summarize
 from auxilia.terms import Progress as Where
 
@@ -49,11 +52,18 @@ class RunResult:
     @property
     def test_top1(self) -> float:
         """Test top-1 of the main exit at the checkpoint selected on validation."""
-        return float(self.summary["best_val"]["test"]["final/top1"])
+        return float(self._selected()["test"]["final/top1"])
 
     @property
     def val_top1(self) -> float:
-        return float(self.summary["best_val"]["val"]["final/top1"])
+        return float(self._selected()["val"]["final/top1"])
+
+    def _selected(self) -> dict[str, Any]:
+        best = self.summary.get("best_val")
+        if not best:
+            raise ValueError(f"{self.run_dir}: no evaluation had a finite validation loss and "
+                             "top-1, so no checkpoint was selected")
+        return best
 
 
 @dataclass
@@ -65,6 +75,7 @@ class LoopState:
     best: dict[str, Any] | None = None
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    images: int = 0
 
 
 def forward_all(models: dict[str, nn.Module], wanted: dict[str, list[str]],
@@ -95,30 +106,6 @@ def make_batch(setup: Setup, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return batch
 
 
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary; a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def train(config: Config, *, resume: bool = False, overwrite: bool = False,
           callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None) -> RunResult:
     """Train a run described by ``config`` into ``run.dir/<run name>``.
@@ -140,28 +127,72 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
             file, and the previous checkpoint is intact.
     """
-    folder = RunFolder(Path(config.run.dir) / config.run_name())
-    folder.check(resume=resume, overwrite=overwrite)
-    if resume:
-        folder.remove_stale_temporaries()  # left by a crash during an atomic write
-    checkpoint = load_checkpoint(folder.last) if resume else None
-    if checkpoint is not None:
-        run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
-    setup = build_setup(config, data)  # fails on bad names before any folder is touched
-    if checkpoint is None:
-        folder.create()
+    folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
+    folder.check(resume=resume, overwrite=overwrite)  # read-only: fail before any work
+    with StopFlag() as stop:
+        if resume:
+            with folder.lock():
+                return _resume(config, folder, data, callbacks, stop)
+        setup = build_setup(config, data)  # fails on bad names before any folder is touched
+        optimizer = build_optimizer(setup.model, config.optim)
+        stream = _stream(setup)
+        with folder.lock():
+            folder.check(resume=False, overwrite=overwrite)  # again, now that we hold it
+            folder.create()  # an old run is moved aside until the first checkpoint
+            for stale in folder.stale_replacements():
+                setup.data.notes.append(f"{stale} holds a run that an interrupted --overwrite "
+                                        f"moved aside; delete it, or move it back")
+            try:
+                folder.write_config(config.to_dict())
+                write_data_identity(folder.data, setup.data)
+                return _train_from(setup, optimizer, stream, LoopState(), folder, callbacks,
+                                   stop, resumed=False)
+            except BaseException:
+                if folder.restore_replaced():
+                    print(f"the new run stopped before its first checkpoint; the previous run "
+                          f"is back in {folder.path}", file=sys.stderr)
+                raise
+
+
+def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
+            callbacks: Sequence[Callback], stop: StopFlag) -> RunResult:
+    """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
+    folder.remove_stale_temporaries()  # left by a crash during an atomic write
+    checkpoint = load_checkpoint(folder.last)
+    run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
+    setup = build_setup(config, data)
+    note = check_same_data(checkpoint, setup.data, folder.path)
+    if note:
+        setup.data.notes.append(note)
     optimizer = build_optimizer(setup.model, config.optim)
-    stream = IndexStream(len(setup.data.train), config.data.batch_size, seed=config.seed)
+    stream = _stream(setup)
     loop = LoopState()
-    if checkpoint is not None:
-        run_state.restore(checkpoint, setup, optimizer, stream, loop)
-        _repair_best(setup, optimizer, stream, loop, folder)
-    else:
-        folder.write_config(config.to_dict())
+    run_state.restore(checkpoint, setup, optimizer, stream, loop)
+    _repair_best(setup, optimizer, stream, loop, folder)
+    if not folder.marker.is_file():  # a run folder made before the marker existed
+        folder.write_marker()
+    return _train_from(setup, optimizer, stream, loop, folder, callbacks, stop, resumed=True)
+
+
+def _stream(setup: Setup) -> IndexStream:
+    n, batch = len(setup.data.train), setup.config.data.batch_size
+    if batch > n:
+        setup.data.notes.append(f"data.batch_size={batch} is larger than the {n} training "
+                                f"images: every batch holds all {n}")
+    return IndexStream(n, batch, seed=setup.config.seed)
+
+
+def _train_from(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
+                loop: LoopState, folder: RunFolder, callbacks: Sequence[Callback],
+                stop: StopFlag, *, resumed: bool) -> RunResult:
+    config = setup.config
+    if config.run.progress != "off":
+        for note in setup.data.notes:
+            print(f"note: {note}", flush=True)
     log = MetricsLog(folder, tensorboard=config.run.tensorboard,
-                     resume_step=loop.step if checkpoint is not None else None)
+                     resume_step=loop.step if resumed else None)
     try:
-        _run_loop(setup, optimizer, stream, loop, folder, log, callbacks)
+        _run_loop(setup, optimizer, stream, loop, folder, log, callbacks, stop)
     finally:
         log.close()
     return _finish(setup, loop, folder)
@@ -186,7 +217,7 @@ def _repair_best(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexSt
 
 def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
               loop: LoopState, folder: RunFolder, log: MetricsLog,
-              callbacks: Sequence[Callback]) -> None:
+              callbacks: Sequence[Callback], stop: StopFlag) -> None:
     cfg = setup.config
     spe = stream.batches_per_epoch
     total = cfg.train.steps or math.ceil(float(cfg.train.epochs or 1) * spe)
@@ -199,31 +230,35 @@ def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStrea
     batches = iter(stream)
     t_start = time.perf_counter()
     setup.model.train()
-    with _StopFlag() as stop:
-        while loop.step < total:
-            where = Where(loop.step, total, spe)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.optim.lr * lr_factor(loop.step, total, spe, cfg.schedule)
-            batch = make_batch(setup, next(batches))
-            losses, outputs = _step(setup, optimizer, scaler, models, wanted, batch, where,
-                                    loop, folder)
-            loop.step += 1
+    while loop.step < total:
+        where = Where(loop.step, total, spe)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.optim.lr * lr_factor(loop.step, total, spe, cfg.schedule)
+        batch = make_batch(setup, next(batches))
+        skipped = loop.skipped_steps
+        losses, outputs = _step(setup, optimizer, scaler, models, wanted, batch, where,
+                                loop, folder)
+        loop.step += 1
+        loop.images += int(batch["y_lb"].shape[0])
+        if loop.skipped_steps == skipped:  # a skipped step's non-finite loss is not averaged
             _accumulate(running, losses, outputs, batch)
-            for cb in callbacks:
-                cb(loop.step, {k: float(v.detach()) for k, v in losses.items()})
-            if loop.step % cfg.train.log_every == 0 or loop.step == total:
-                _log_train(running, loop, optimizer, log, bar, cfg, t_start)
-            if loop.step % eval_every == 0 or loop.step == total:
-                loop.train_seconds += time.perf_counter() - t_start
-                _evaluate_and_save(setup, optimizer, stream, loop, folder, log, bar)
-                t_start = time.perf_counter()
-            if stop.requested:
-                loop.train_seconds += time.perf_counter() - t_start
-                run_state.save(folder.last, setup, optimizer, stream, loop)
-                bar.close()
-                print(f"interrupted at step {loop.step}; checkpoint written to {folder.last}. "
-                      f"Resume with: auxilia train --resume {folder.path}", flush=True)
-                raise KeyboardInterrupt
+        for cb in callbacks:
+            cb(loop.step, {k: float(v.detach()) for k, v in losses.items()})
+        if loop.step % cfg.train.log_every == 0 or loop.step == total:
+            _log_train(running, loop, optimizer, log, bar, cfg, t_start)
+        if loop.step % eval_every == 0 or loop.step == total:
+            loop.train_seconds += time.perf_counter() - t_start
+            _evaluate_and_save(setup, optimizer, stream, loop, folder, log, bar)
+            t_start = time.perf_counter()
+        if stop.requested:
+            loop.train_seconds += time.perf_counter() - t_start
+            run_state.save(folder.last, setup, optimizer, stream, loop)
+            folder.drop_replaced()
+            bar.close()
+            print(f"{stop.name} received: stopped at step {loop.step}; checkpoint written to "
+                  f"{folder.last}. Resume with: auxilia train --resume {folder.path}",
+                  flush=True)
+            raise Interrupted(stop.signum or signal.SIGINT)
     bar.close()
 
 
@@ -301,9 +336,12 @@ def _log_train(running: dict[str, Any], loop: LoopState, optimizer: torch.optim.
     if seen:
         record["train/top1"] = 100.0 * correct / seen
     running.clear()
+    if "train/loss" not in record:  # every step since the last line was skipped
+        record["train/skipped_window"] = True
     log.write(record)
     acc = f" acc {record['train/top1']:.1f}%" if seen else ""
-    bar.update(loop.step, f"loss {record['train/loss']:.4f}{acc} lr {record['lr']:.4g}")
+    loss = f"{record['train/loss']:.4f}" if "train/loss" in record else "- (steps skipped)"
+    bar.update(loop.step, f"loss {loss}{acc} lr {record['lr']:.4g}")
 
 
 def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
@@ -332,19 +370,25 @@ def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: I
                      "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
                      "test": {k[5:]: v for k, v in record.items() if k.startswith("test/")}}
     run_state.save(folder.last, setup, optimizer, stream, loop)
+    folder.drop_replaced()  # the new run has a checkpoint: the run it replaced can go
     if improved:
         run_state.save(folder.best, setup, optimizer, stream, loop)
     bar.message(_eval_line(record))
 
 
 def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Selection on validation only: higher val top-1 of the main exit, then lower val loss."""
+    """Selection on validation only: higher val top-1 of the main exit, then lower val loss.
+
+    An evaluation whose validation loss or top-1 is NaN/inf is never selected.
+    """
     if "val/final/top1" not in record:
         return True  # no validation split: the latest model is the selected one
+    key = (record["val/final/top1"], -record.get("val/loss", 0.0))
+    if not all(math.isfinite(v) for v in key):
+        return False
     if best is None:
         return True
-    key = (record["val/final/top1"], -record["val/loss"])
-    return key > (best["val"]["final/top1"], -best["val"]["loss"])
+    return key > (best["val"]["final/top1"], -best["val"].get("loss", 0.0))
 
 
 def _eval_line(record: dict[str, Any]) -> str:
@@ -361,11 +405,14 @@ def _eval_line(record: dict[str, Any]) -> str:
 def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
     cfg = setup.config
     summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
-    images = loop.step * cfg.data.batch_size * max(1, len(setup.train_views))
+    seconds = max(loop.train_seconds, 1e-9)
+    views = max(1, len(setup.train_views))
     summary.update({
         "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
-        "train_seconds": round(loop.train_seconds, 3),
-        "train_images_per_s": round(images / max(loop.train_seconds, 1e-9), 1),
+        "train_seconds": round(loop.train_seconds, 3), "train_images": loop.images,
+        # one image per sample drawn, whatever the number of augmented views of it
+        "train_images_per_s": round(loop.images / seconds, 1),
+        "train_views_per_s": round(loop.images * views / seconds, 1),
         "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip()),
                    "trainable": sum(p.numel() for p in setup.model.parameters()
                                     if p.requires_grad)},

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from auxilia.config import parse_config
+from auxilia.data.raw import DataError
+from auxilia.data.sources import load_dataset
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.datacheck import check_same_data
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.setup import Setup, build_setup
 from auxilia.paths import regular_file
@@ -26,18 +29,50 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     return regular_file(p, "checkpoint", CheckpointError)  # e.g. /dev/null or a FIFO
 
 
-def load_run(path: str | Path, which: str = "best", device: str | None = None
-             ) -> tuple[Setup, dict[str, Any]]:
-    """Rebuild data, model and objective from a checkpoint's own config and load its weights."""
+def load_run(path: str | Path, which: str = "best", device: str | None = None,
+             data_root: str | Path | None = None) -> tuple[Setup, dict[str, Any]]:
+    """Rebuild data, model and objective from a checkpoint's own config and load its weights.
+
+    The data is checked against the fingerprint stored in the checkpoint, so that a run is
+    never evaluated or exported with data other than its own.
+
+    Args:
+        path: a run folder or a checkpoint file.
+        which: ``"best"`` or ``"last"`` for a run folder.
+        device: overrides the run's ``train.device``.
+        data_root: the data's new ``data.root`` when it moved since training; accepted only
+            when the data there has the run's fingerprint.
+
+    Raises:
+        CheckpointError: no such checkpoint, or an unreadable one.
+        DataError: the data is missing (the message suggests ``--data-root``).
+        DataChangedError: the data differs from the run's.
+    """
     ckpt_path = resolve_checkpoint(path, which)
     checkpoint = load_checkpoint(ckpt_path)
     raw = checkpoint["config"]
     if device is not None:
         raw["train"]["device"] = device
-    setup = build_setup(parse_config(raw))
+    if data_root is not None:
+        raw["data"]["root"] = str(data_root)
+    config = parse_config(raw)
+    try:
+        data = load_dataset(config.data, seed=config.seed)
+    except DataError as err:
+        if data_root is not None:
+            raise
+        raise DataError(f"{err} (if the run's data moved, pass its new folder with "
+                        "--data-root)") from None
+    check_same_data(checkpoint, data, run_folder_of_checkpoint(ckpt_path), "load this run")
+    setup = build_setup(config, data, training=False)  # no training step: no step check
     setup.model.load_state_dict(checkpoint["model"])
     setup.model.eval()
     return setup, checkpoint
+
+
+def run_folder_of_checkpoint(path: Path) -> Path | None:
+    """The run folder of ``RUN/checkpoints/<name>.pt``, or None for a loose checkpoint file."""
+    return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
 def evaluate_run(path: str | Path, which: str = "best", splits: tuple[str, ...] = ("val", "test")

@@ -3,92 +3,15 @@
 from __future__ import annotations
 
 import errno
-import json
-import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from auxilia import jsonio
-from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
+from auxilia.engine.checkpoint import atomic_write
+from auxilia.engine.runfolder import RunFolder, RunFolderError
 
-
-class RunFolderError(FileExistsError):
-    """The run folder exists (or is missing, on resume); the message says what to do."""
-
-
-class RunFolder:
-    """Paths of a run folder.
-
-    Layout: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/``, ``curves.png``,
-    ``summary.json``, ``checkpoints/{last,best}.pt``.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.config = self.path / "config.yaml"
-        self.metrics = self.path / "metrics.jsonl"
-        self.tensorboard = self.path / "tb"
-        self.curves = self.path / "curves.png"
-        self.summary = self.path / "summary.json"
-        self.last = self.path / "checkpoints" / "last.pt"
-        self.best = self.path / "checkpoints" / "best.pt"
-
-    def check(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse to start over an existing run (unless asked) or to resume a missing one."""
-        if resume:
-            if not self.path.is_dir():
-                raise RunFolderError(f"cannot resume: run folder {self.path} does not exist; "
-                                     "start the run without --resume")
-            if not self.last.is_file():
-                raise RunFolderError(f"cannot resume: {self.last} does not exist (the run "
-                                     "stopped before its first checkpoint); start it again with "
-                                     "--overwrite")
-        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise RunFolderError(f"run folder {self.path} already exists; pass --overwrite "
-                                 "to replace it, --resume to continue it, or set run.name")
-
-    def create(self) -> None:
-        """Create an empty run folder, replacing an existing one (``check`` allowed it)."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        (self.path / "checkpoints").mkdir(parents=True)
-
-    def remove_stale_temporaries(self) -> list[Path]:
-        """Delete the temporaries an interrupted atomic write left behind; returns them."""
-        stale = [p for folder in (self.path, self.last.parent) if folder.is_dir()
-                 for p in folder.glob(TEMPORARY_GLOB) if p.is_file()]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return stale
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        text = yaml.safe_dump(config, sort_keys=False).encode()
-        atomic_write(self.config, lambda f: f.write(text))
-
-    def read_records(self) -> list[dict[str, Any]]:
-        """The records of ``metrics.jsonl``; a last line torn by a crash is dropped.
-
-        Raises:
-            ValueError: a line other than the last is not JSON (naming the file and line).
-        """
-        if not self.metrics.is_file():
-            return []
-        lines = [(i, line) for i, line in enumerate(self.metrics.read_text().splitlines(), 1)
-                 if line.strip()]
-        records = []
-        for i, line in lines:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                if i == lines[-1][0]:
-                    break  # torn by a crash or a full disk: it will be written again
-                raise ValueError(f"{self.metrics} line {i} is not JSON; fix or delete that "
-                                 "line") from None
-        return records
+__all__ = ["MetricsLog", "Progress", "RunFolder", "RunFolderError"]
 
 
 class MetricsLog:

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 
-# Keys that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = ("run.progress", "run.tensorboard", "run.plot", "train.log_every",
-                     "train.device", "data.num_workers", "data.eval_batch_size")
+# Keys that may change between a run and its resumption without changing its results
+# (run.dir and run.name locate the folder; a new data.root is checked by the data's fingerprint).
+RESUMABLE_CHANGES = ("run.progress", "run.tensorboard", "run.plot", "run.dir", "run.name",
+                     "train.log_every", "train.device", "data.num_workers",
+                     "data.eval_batch_size", "data.root")
 
 
 class IncompatibleResumeError(ValueError):
@@ -37,8 +39,10 @@ def save(path: Path, setup: Setup, optimizer: torch.optim.Optimizer, stream: Ind
         "stream": stream.state_dict(),
         "rng": rng_state(),
         "loop": {"step": loop.step, "evals": loop.evals, "best": loop.best,
-                 "skipped_steps": loop.skipped_steps, "train_seconds": loop.train_seconds},
+                 "skipped_steps": loop.skipped_steps, "train_seconds": loop.train_seconds,
+                 "images": loop.images},
         "config": setup.config.to_dict(),
+        "data": setup.data.identity,
     }, path)
 
 
@@ -55,6 +59,8 @@ def restore(checkpoint: dict[str, Any], setup: Setup, optimizer: torch.optim.Opt
     loop.best = counters["best"]
     loop.skipped_steps = counters["skipped_steps"]
     loop.train_seconds = counters["train_seconds"]
+    # checkpoints written before the images counter existed: full batches every step
+    loop.images = counters.get("images", loop.step * stream.batch_size)
     set_rng_state(checkpoint["rng"])
 
 

@@ -1,0 +1,223 @@
+"""The image-file sources: ``folder`` (``<class>/<image>`` trees) and ``csv`` (filename, class).
+
+Split folders are recognised whatever their case and common spelling (:data:`SPLIT_NAMES`);
+a root whose folders look like splits under other names is an error rather than a dataset
+whose classes are ``seg_train`` and ``seg_test``. CSV files are read as UTF-8 (with or without
+a byte-order mark) or UTF-16 with a byte-order mark.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import os
+import stat
+from pathlib import Path
+
+from auxilia.data.config import DataConfig
+from auxilia.data.files import IMAGE_EXTENSIONS, _files_to_raw
+from auxilia.data.raw import DataError, RawData
+
+__all__ = ["SPLIT_NAMES", "load_csv", "load_folder"]
+
+SPLIT_NAMES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev"),
+    "test": ("test", "testing"),
+}
+"""Folder names (compared case-insensitively) that mean each split."""
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of ``root`` by split name; empty when ``root`` holds class folders.
+
+    Raises:
+        DataError: two folders mean one split, a val/test folder without a train folder, or
+            folders that look like splits under names that are not recognised.
+    """
+    found: dict[str, list[Path]] = {}
+    dirs = _subfolders(root)
+    for d in dirs:
+        split = next((s for s, names in SPLIT_NAMES.items() if d.name.lower() in names), None)
+        if split is not None:
+            found.setdefault(split, []).append(d)
+    names = ", ".join(f"{d.name}/" for d in dirs)
+    expected = "; ".join(f"{s}: {'/'.join(n)}" for s, n in SPLIT_NAMES.items())
+    for split, folders in found.items():
+        if len(folders) > 1:
+            raise DataError(f"{root} has {len(folders)} folders for the {split} split "
+                            f"({', '.join(d.name for d in folders)}); keep one")
+    if found and "train" not in found:
+        raise DataError(f"{root} has split folders but no training folder: found {names}; "
+                        f"expected {expected} (any case)")
+    lowered = [d.name.lower() for d in dirs]
+    if not found and any("train" in n for n in lowered) and any(
+            "test" in n or "val" in n for n in lowered):
+        raise DataError(f"{root} looks like split folders under names auxilia does not know "
+                        f"(found {names}); rename them to train/, val/, test/ (expected "
+                        f"{expected}, any case), or point data.root at the folder of class "
+                        "folders")
+    return {split: folders[0] for split, folders in found.items()}
+
+
+def _scan_classes(folder: Path, classes: list[str] | None
+                  ) -> tuple[list[str], list[Path], list[int]]:
+    """Lists ``folder/<class>/<image>``; ``classes`` None means "this is train: define them".
+
+    Every entry with an image suffix that is not a folder is listed, special files (FIFOs,
+    devices) included, so that the decoder refuses them by name instead of skipping them
+    silently.
+    """
+    dirs = _subfolders(folder)
+    if not dirs:
+        raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
+    names = [d.name for d in dirs]
+    if classes is None:
+        classes = names
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DataError(f"class folder(s) {unknown} in {folder} do not exist in the training "
+                        f"split (classes: {classes})")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for d in dirs:
+        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not p.name.startswith(".") and not p.is_dir())
+        if not files:
+            raise DataError(f"class folder {d} holds no image files "
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        paths += files
+        labels += [classes.index(d.name)] * len(files)
+    return classes, paths, labels
+
+
+def load_folder(cfg: DataConfig) -> RawData:
+    """The ``folder`` source: ``root/{train,val,test}/<class>/<image>`` or ``root/<class>/...``."""
+    if cfg.root is None:
+        raise DataError("source 'folder' needs data.root: a folder of <class>/<image> folders, or "
+                        "of train/, val/, test/ folders that hold them")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"source 'folder': data.root={cfg.root!r} is not a folder")
+    splits = _split_folders(root)
+    if not splits:
+        classes, paths, labels = _scan_classes(root, None)
+        return _files_to_raw({"train": (paths, labels)}, classes, cfg, root)
+    classes, paths, labels = _scan_classes(splits["train"], None)
+    groups = {"train": (paths, labels)}
+    for name in ("val", "test"):
+        if name in splits:
+            groups[name] = _scan_classes(splits[name], classes)[1:]
+    return _files_to_raw(groups, classes, cfg, root)
+
+
+# ----------------------------------------------------------------------------- csv
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a UTF-8 (optionally with BOM) or BOM-marked UTF-16 file.
+
+    Raises:
+        DataError: missing, not a regular file (a FIFO is never opened for reading), or not
+            in one of those encodings; the message names the file and the fix.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise DataError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{what} {path} is not a regular file (a folder, FIFO or device); "
+                        "point it at a CSV file")
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) \
+        else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} {path} is not {encoding.removesuffix('-sig').upper()} text "
+                        f"(byte 0x{data[err.start]:02x} at position {err.start}); save it as "
+                        "UTF-8") from None
+
+
+def _read_csv(path: Path, cfg: DataConfig, split: str, classes: list[str] | None
+              ) -> tuple[list[Path], list[str], list[str]]:
+    """Reads ``(image paths, label strings, notes)`` of one CSV, validating columns and labels.
+
+    A file listed twice with one label is kept once (with a note); with two different labels
+    it is an error naming both lines.
+    """
+    files = cfg.csv
+    assert files is not None
+    text = read_text_file(path, f"{split} CSV")
+    image_dir = Path(files.image_dir) if files.image_dir else path.parent
+    if files.image_dir and cfg.root and not image_dir.is_absolute():
+        image_dir = Path(cfg.root) / image_dir
+    known = set(classes) if classes is not None else None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    for col, key in ((files.filename_column, "filename_column"),
+                     (files.label_column, "label_column")):
+        if col not in columns:
+            raise DataError(f"{split} CSV {path} has no column {col!r}; columns found: "
+                            f"{columns}. Set data.csv.{key} to the right one")
+    rows: dict[str, tuple[str, int]] = {}
+    repeated = 0
+    for row in reader:
+        name, label = (row[files.filename_column] or "").strip(), (
+            row[files.label_column] or "").strip()
+        if not name or not label:
+            raise DataError(f"{split} CSV {path} line {reader.line_num}: empty file name "
+                            "or label")
+        if known is not None and label not in known:
+            raise DataError(f"{split} CSV {path} line {reader.line_num}: label {label!r} does "
+                            f"not occur in the training CSV (classes: {classes})")
+        if name in rows:
+            first_label, first_line = rows[name]
+            if first_label != label:
+                raise DataError(f"{split} CSV {path}: {name!r} is labelled {first_label!r} on "
+                                f"line {first_line} and {label!r} on line {reader.line_num}; "
+                                "keep one row per file")
+            repeated += 1
+            continue
+        rows[name] = (label, reader.line_num)
+    if not rows:
+        raise DataError(f"{split} CSV {path} lists no images")
+    notes = [f"{split} CSV {path} lists {repeated} file(s) twice with the same label; each is "
+             "used once"] if repeated else []
+    return [image_dir / n for n in rows], [label for label, _ in rows.values()], notes
+
+
+def load_csv(cfg: DataConfig) -> RawData:
+    """The ``csv`` source: one CSV of (file name, class) rows per split."""
+    if cfg.csv is None:
+        raise DataError("source 'csv' needs data.csv.train (and optionally data.csv.val / .test)")
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return Path(cfg.root) / path if cfg.root and not path.is_absolute() else path
+
+    train_csv = resolve(cfg.csv.train)
+    train_paths, train_labels, notes = _read_csv(train_csv, cfg, "train", None)
+    classes = sorted(set(train_labels))
+    index = {name: i for i, name in enumerate(classes)}
+    groups = {"train": (train_paths, [index[y] for y in train_labels])}
+    for split in ("val", "test"):
+        name = getattr(cfg.csv, split)
+        if name is not None:
+            paths, labels, split_notes = _read_csv(resolve(name), cfg, split, classes)
+            groups[split] = (paths, [index[y] for y in labels])
+            notes += split_notes
+    anchor = Path(cfg.root).expanduser() if cfg.root else train_csv.parent
+    raw = _files_to_raw(groups, classes, cfg, anchor)
+    raw.notes[:0] = notes
+    return raw
