@@ -23,7 +23,7 @@ import torch
 
 from auxilia.cli import main as cli
 from auxilia.config import Config, load_config
-from auxilia.engine import NonFiniteLossError, RunResult, checkpoint, loop, train
+from auxilia.engine import NonFiniteLossError, RunResult, checkpoint, loop, run, train
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.runlog import MetricsLog, RunFolder
 
@@ -142,7 +142,7 @@ def _nan_gradient_at(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> Any:
     """Makes the gradient of the first parameter NaN in step ``bad_step`` (the loss is finite);
     returns the callback that tracks the step."""
     done = [0]
-    real = loop.build_setup
+    real = run.build_setup
 
     def build_setup(config: Config, data: Any = None) -> Any:
         setup = real(config, data)
@@ -150,7 +150,7 @@ def _nan_gradient_at(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> Any:
         param.register_hook(lambda g: g * float("nan") if done[0] == bad_step - 1 else g)
         return setup
 
-    monkeypatch.setattr(loop, "build_setup", build_setup)
+    monkeypatch.setattr(run, "build_setup", build_setup)
     return lambda step, losses: done.__setitem__(0, step)
 
 

@@ -1,5 +1,6 @@
 """The engine: the one training loop, evaluation, checkpoints and run folders."""
 
-from auxilia.engine.loop import NonFiniteLossError, RunResult, train
+from auxilia.engine.loop import NonFiniteLossError
+from auxilia.engine.run import RunResult, train
 
 __all__ = ["NonFiniteLossError", "RunResult", "train"]

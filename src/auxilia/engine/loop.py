@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from auxilia.config import Config, check_run_name
+from auxilia.config import Config
 from auxilia.data.streams import IndexStream
-from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
-from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
-from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.evaluate import autocast, evaluate
-from auxilia.engine.optim import build_optimizer
 from auxilia.engine.runlog import MetricsLog, Progress, RunFolder
 from auxilia.engine.schedule import lr_factor
-from auxilia.engine.setup import Setup, build_setup
+from auxilia.engine.setup import Setup
 from auxilia.engine.signals import Interrupted, StopFlag
-from auxilia.report import plot_curves, summarize
 from auxilia.terms import Progress as Where
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -39,31 +32,6 @@ Callback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN/inf; no checkpoint was written for that step."""
-
-
-@dataclass
-class RunResult:
-    """What ``auxilia.train`` returns."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    model: nn.Module = field(repr=False)
-
-    @property
-    def test_top1(self) -> float:
-        """Test top-1 of the main exit at the checkpoint selected on validation."""
-        return float(self._selected()["test"]["final/top1"])
-
-    @property
-    def val_top1(self) -> float:
-        return float(self._selected()["val"]["final/top1"])
-
-    def _selected(self) -> dict[str, Any]:
-        best = self.summary.get("best_val")
-        if not best:
-            raise ValueError(f"{self.run_dir}: no evaluation had a finite validation loss and "
-                             "top-1, so no checkpoint was selected")
-        return best
 
 
 @dataclass
@@ -106,116 +74,7 @@ def make_batch(setup: Setup, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return batch
 
 
-def train(config: Config, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None) -> RunResult:
-    """Train a run described by ``config`` into ``run.dir/<run name>``.
-
-    Args:
-        config: the validated run configuration.
-        resume: continue the run folder's ``last.pt`` exactly (the config must match);
-            temporaries left by a crash during a write are removed, and a ``best.pt`` that
-            a crash left behind ``last.pt``'s selection is rewritten.
-        overwrite: replace an existing run folder.
-        callbacks: called as ``cb(step, losses)`` after every optimizer step.
-        data: already loaded splits (e.g. shared by the runs of a comparison); by default
-            they are loaded from ``config.data``.
-
-    Raises:
-        KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
-        NonFiniteLossError: the loss or the gradients became NaN/inf
-            (``train.on_nonfinite=stop``); no checkpoint is written for that step.
-        OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
-            file, and the previous checkpoint is intact.
-    """
-    folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
-    folder.check(resume=resume, overwrite=overwrite)  # read-only: fail before any work
-    with StopFlag() as stop:
-        if resume:
-            with folder.lock():
-                return _resume(config, folder, data, callbacks, stop)
-        setup = build_setup(config, data)  # fails on bad names before any folder is touched
-        optimizer = build_optimizer(setup.model, config.optim)
-        stream = _stream(setup)
-        with folder.lock():
-            folder.check(resume=False, overwrite=overwrite)  # again, now that we hold it
-            folder.create()  # an old run is moved aside until the first checkpoint
-            for stale in folder.stale_replacements():
-                setup.data.notes.append(f"{stale} holds a run that an interrupted --overwrite "
-                                        f"moved aside; delete it, or move it back")
-            try:
-                folder.write_config(config.to_dict())
-                write_data_identity(folder.data, setup.data)
-                return _train_from(setup, optimizer, stream, LoopState(), folder, callbacks,
-                                   stop, resumed=False)
-            except BaseException:
-                if folder.restore_replaced():
-                    print(f"the new run stopped before its first checkpoint; the previous run "
-                          f"is back in {folder.path}", file=sys.stderr)
-                raise
-
-
-def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
-            callbacks: Sequence[Callback], stop: StopFlag) -> RunResult:
-    """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
-    folder.remove_stale_temporaries()  # left by a crash during an atomic write
-    checkpoint = load_checkpoint(folder.last)
-    run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
-    setup = build_setup(config, data)
-    note = check_same_data(checkpoint, setup.data, folder.path)
-    if note:
-        setup.data.notes.append(note)
-    optimizer = build_optimizer(setup.model, config.optim)
-    stream = _stream(setup)
-    loop = LoopState()
-    run_state.restore(checkpoint, setup, optimizer, stream, loop)
-    _repair_best(setup, optimizer, stream, loop, folder)
-    if not folder.marker.is_file():  # a run folder made before the marker existed
-        folder.write_marker()
-    return _train_from(setup, optimizer, stream, loop, folder, callbacks, stop, resumed=True)
-
-
-def _stream(setup: Setup) -> IndexStream:
-    n, batch = len(setup.data.train), setup.config.data.batch_size
-    if batch > n:
-        setup.data.notes.append(f"data.batch_size={batch} is larger than the {n} training "
-                                f"images: every batch holds all {n}")
-    return IndexStream(n, batch, seed=setup.config.seed)
-
-
-def _train_from(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-                loop: LoopState, folder: RunFolder, callbacks: Sequence[Callback],
-                stop: StopFlag, *, resumed: bool) -> RunResult:
-    config = setup.config
-    if config.run.progress != "off":
-        for note in setup.data.notes:
-            print(f"note: {note}", flush=True)
-    log = MetricsLog(folder, tensorboard=config.run.tensorboard,
-                     resume_step=loop.step if resumed else None)
-    try:
-        _run_loop(setup, optimizer, stream, loop, folder, log, callbacks, stop)
-    finally:
-        log.close()
-    return _finish(setup, loop, folder)
-
-
-def _repair_best(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-                 loop: LoopState, folder: RunFolder) -> None:
-    """Rewrite ``best.pt`` when a crash came between writing ``last.pt`` and ``best.pt``.
-
-    ``last.pt`` is written first; if it selected its own step as the best, ``best.pt`` must
-    hold that step too, and the restored state is exactly what it should hold.
-    """
-    if loop.best is None or loop.best["step"] != loop.step:
-        return
-    try:
-        current = load_checkpoint(folder.best)["loop"]["step"] == loop.step
-    except (CheckpointError, KeyError, TypeError):
-        current = False
-    if not current:
-        run_state.save(folder.best, setup, optimizer, stream, loop)
-
-
-def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
+def run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
               loop: LoopState, folder: RunFolder, log: MetricsLog,
               callbacks: Sequence[Callback], stop: StopFlag) -> None:
     cfg = setup.config
@@ -230,6 +89,10 @@ def _run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStrea
     batches = iter(stream)
     t_start = time.perf_counter()
     setup.model.train()
+    if stop.requested:  # a signal while the run was being built: nothing trained, nothing saved
+        bar.close()
+        print(f"{stop.name} received before the first step; nothing was trained", flush=True)
+        raise Interrupted(stop.signum or signal.SIGINT)
     while loop.step < total:
         where = Where(loop.step, total, spe)
         for group in optimizer.param_groups:
@@ -402,28 +265,3 @@ def _eval_line(record: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
-    cfg = setup.config
-    summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
-    seconds = max(loop.train_seconds, 1e-9)
-    views = max(1, len(setup.train_views))
-    summary.update({
-        "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
-        "train_seconds": round(loop.train_seconds, 3), "train_images": loop.images,
-        # one image per sample drawn, whatever the number of augmented views of it
-        "train_images_per_s": round(loop.images / seconds, 1),
-        "train_views_per_s": round(loop.images * views / seconds, 1),
-        "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip()),
-                   "trainable": sum(p.numel() for p in setup.model.parameters()
-                                    if p.requires_grad)},
-        "exits": list(setup.model.exits), "methods": [m.name for m in cfg.method],
-        "notes": setup.data.notes,
-    })
-    run_state.write_json(folder.summary, summary)
-    if cfg.run.plot:
-        plot_curves(folder.read_records(), folder.curves)
-    return RunResult(folder.path, summary, setup.model)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

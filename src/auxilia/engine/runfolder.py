@@ -249,9 +249,19 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunLockedError` naming its holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"cannot create the run folder's parent {self.path.parent} "
+                                 f"(run.dir): {err.strerror or err}; set run.dir to a folder "
+                                 "you can write") from None
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise RunFolderError(f"cannot create the lock file {self.path}: "
+                                     f"{err.strerror or err}; set run.dir to a folder you can "
+                                     "write") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -268,9 +278,12 @@ class RunLock:
                 continue
             info = {"pid": os.getpid(), "host": socket.gethostname(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(info).encode())
             self._fd = fd
+            try:  # who holds the lock is for other processes' messages only
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(info).encode())
+            except OSError:
+                pass  # e.g. a full disk: the lock itself holds; the message names the file
         return self
 
     def _holder(self) -> str:
