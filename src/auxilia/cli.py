@@ -120,6 +120,9 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> Config:
     from auxilia.engine.runlog import RunFolder
 
     folder = RunFolder(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: run folder {run_dir} does not exist; start "
+                                "the run without --resume")
     if not folder.config.is_file():
         raise FileNotFoundError(f"cannot resume: {folder.config} does not exist; is {run_dir} "
                                 "an auxilia run folder?")

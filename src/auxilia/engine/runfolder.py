@@ -249,8 +249,12 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunLockedError` naming its holder."""
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise RunFolderError(f"run.dir {parent} is a file, not a folder; set run.dir to a "
+                                 "folder")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunFolderError(f"cannot create the run folder's parent {self.path.parent} "
                                  f"(run.dir): {err.strerror or err}; set run.dir to a folder "
