@@ -57,15 +57,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="which checkpoint of a run folder (default: best on validation)")
     p.add_argument("--split", choices=("val", "test", "both"), default="both")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="folder for anytime.json and anytime.png (default: the run folder)")
+                   help="folder for the report: anytime.json/.png for best, anytime-last.* for "
+                        "last, X-anytime.* for a checkpoint file X.pt (default: the run "
+                        "folder, or beside the file)")
     p.add_argument("--latency-batch", type=int, default=64, metavar="N",
                    help="batch size of the CPU latency measurement (default: 64)")
     p.add_argument("--thresholds", type=_thresholds, default=None, metavar="T,T,...",
-                   help="early-exit confidence thresholds (default: 0.5 to 0.999, and 1 = "
-                        "always final)")
+                   help="early-exit confidence thresholds (default: chosen on val so that "
+                        "100%% to 5%% of it leaves early, and 1 = always final; a fixed grid "
+                        "without a val split)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace anytime.json and anytime.png in a folder that is not an auxilia "
-                        "run folder (in a run folder they are always replaced)")
+                   help="replace the report's files in a folder that is not an auxilia run "
+                        "folder (in a run folder they are always replaced)")
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="the run's data.root when the data moved since training (its "
                         "fingerprint must match)")
@@ -179,16 +182,22 @@ def _thresholds(text: str) -> list[float]:
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from auxilia.engine.anytime import THRESHOLDS, anytime_report, report_paths, write_report
+    from auxilia.engine.anytime import (
+        anytime_report,
+        checkpoint_label,
+        report_names,
+        report_paths,
+        write_report,
+    )
     from auxilia.engine.export import run_folder_of
 
     if args.latency_batch < 1:
         raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
     out = args.out or run_folder_of(args.path)
-    report_paths(out, args.overwrite)  # refuse before the evaluation, not after it
+    names = report_names(checkpoint_label(args.path, args.checkpoint))
+    report_paths(out, args.overwrite, names)  # refuse before the evaluation, not after it
     splits = ("val", "test") if args.split == "both" else (args.split,)
-    report = anytime_report(args.path, args.checkpoint, splits,
-                            thresholds=args.thresholds or THRESHOLDS,
+    report = anytime_report(args.path, args.checkpoint, splits, thresholds=args.thresholds,
                             latency_batch=args.latency_batch, data_root=args.data_root)
     console = Console()
     console.print(_exit_table(report, f"{args.path} (step {report['step']})"))
@@ -197,7 +206,8 @@ def _eval(args: argparse.Namespace) -> int:
         "each exit needs: the backbone up to it and its head (ms: summed op times, fastest of "
         f"{report['latency_repeats']} runs; one untraced forward of every exit takes "
         f"{report['forward_latency_ms']:.1f} ms)")
-    console.print(_early_exit_table(report))
+    skipped = report["early_exit"].get("skipped")
+    console.print(skipped or _early_exit_table(report))
     json_path, png_path = write_report(report, out, args.overwrite)
     console.print(f"wrote {json_path} and {png_path}")
     return 0
@@ -206,7 +216,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _exit_table(report: dict, title: str) -> Table:
     from rich.table import Table
 
-    splits = [s for s in ("val", "test") if s in report["early_exit"]]
+    splits = [s for s in ("val", "test") if s in next(iter(report["exits"].values()))]
     table = Table(title=title)
     table.add_column("exit")
     for split in splits:
@@ -228,8 +238,10 @@ def _early_exit_table(report: dict) -> Table:
     early = report["early_exit"]
     splits = [s for s in ("val", "test") if s in early]
     shown = splits[-1]  # test when evaluated; exit shares and costs are of this split
-    table = Table(title=f"early exit at max softmax >= threshold (costs and exit shares on "
-                        f"{shown}; no threshold is selected on test)")
+    source = {"val": "quantiles of val confidence", "given": "--thresholds",
+              "fixed": "a fixed grid, as the run has no val split"}[early["threshold_source"]]
+    table = Table(title=f"early exit at max softmax >= threshold (thresholds: {source}; costs "
+                        f"and exit shares on {shown}; no threshold is selected on test)")
     table.add_column("threshold", justify="right")
     for split in splits:
         table.add_column(f"{split} top1", justify="right")

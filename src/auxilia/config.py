@@ -104,11 +104,21 @@ class ScheduleConfig(Strict):
 
 
 class TrainConfig(Strict):
-    """Training length, evaluation cadence and numerics."""
+    """Training length, evaluation cadence and numerics.
+
+    ``eval_every`` is a number of steps (``100``, ``"100 steps"``) or of epochs
+    (``"2 epochs"``, ``"0.5 epoch"``, ``"2ep"``); the default is once per epoch.
+    ``test_eval`` says when the test split is evaluated: ``every`` evaluation, only when the
+    validation evaluation ``selected`` a new best checkpoint (and at the last step), or
+    ``auto``: ``selected`` when evaluating test every time would cost more than about 10 % of
+    the training between evaluations (:func:`auxilia.engine.loop.evaluate_test_every_time`).
+    """
 
     epochs: float | None = Field(default=30, gt=0)
     steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
-    eval_every: int | None = Field(default=None, gt=0, description="steps; default once per epoch")
+    eval_every: int | str | None = Field(
+        default=None, description="steps (100) or epochs ('2 epochs'); default once per epoch")
+    test_eval: Literal["every", "selected", "auto"] = "auto"
     log_every: int = Field(default=20, gt=0)
     amp: bool = Field(default=False, description="bf16 autocast (fp16 + grad scaling on CUDA)")
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
@@ -116,6 +126,56 @@ class TrainConfig(Strict):
     deterministic: bool = True
     on_nonfinite: Literal["stop", "skip"] = "stop"
     keep_last_evals: int = Field(default=5, ge=1, description="k for the median-of-last-k report")
+
+    @field_validator("eval_every", mode="before")
+    @classmethod
+    def _eval_every(cls, value: Any) -> int | str | None:
+        """Steps become an int, epochs the canonical ``"<x> epochs"``; anything else is refused.
+
+        Canonical values keep ``config.yaml`` and the resume check independent of spelling.
+        """
+        if value is None:
+            return None
+        parsed = _parse_eval_every(value)
+        if parsed is None:
+            raise ValueError(f"expected a number of steps (100, '100 steps') or of epochs "
+                             f"('2 epochs', '0.5 epoch', '2ep'), greater than 0; got {value!r}")
+        return parsed
+
+    def eval_every_steps(self, steps_per_epoch: int) -> int:
+        """``eval_every`` in optimizer steps (at least 1); epochs are rounded to whole steps."""
+        if self.eval_every is None:
+            return steps_per_epoch
+        if isinstance(self.eval_every, int):
+            return self.eval_every
+        epochs = float(self.eval_every.split()[0])
+        return max(1, round(epochs * steps_per_epoch))
+
+
+_EPOCH_SUFFIXES, _STEP_SUFFIXES = ("epochs", "epoch", "ep"), ("steps", "step", "")
+
+
+def _parse_eval_every(value: Any) -> int | str | None:
+    """``train.eval_every`` as an int of steps or ``"<x> epochs"``; None when malformed."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None  # a bool is an int to Python; a bare float could mean steps or epochs
+    if isinstance(value, int):
+        return value if value > 0 else None
+    text = value.strip().lower()
+    for suffix in _STEP_SUFFIXES:  # first: "step" ends like "2ep"
+        number = text.removesuffix(suffix).strip()
+        if text.endswith(suffix) and number.isascii() and number.isdigit():
+            return int(number) if int(number) > 0 else None
+    for suffix in _EPOCH_SUFFIXES:
+        if text.endswith(suffix):
+            try:
+                epochs = float(text.removesuffix(suffix).strip())
+            except ValueError:
+                return None
+            if not 0 < epochs < float("inf"):
+                return None
+            return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
+    return None
 
 
 class RunConfig(Strict):

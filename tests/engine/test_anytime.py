@@ -11,9 +11,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from auxilia.cli import main as cli
 from auxilia.config import load_config
-from auxilia.engine import train
-from auxilia.engine.anytime import early_exit, exit_costs, trace_exits
-from auxilia.engine.reload import evaluate_run
+from auxilia.engine import anytime, train
+from auxilia.engine.anytime import (
+    SINGLE_EXIT,
+    THRESHOLDS,
+    VAL_QUANTILES,
+    anytime_report,
+    collect_logits,
+    early_exit,
+    exit_costs,
+    trace_exits,
+    val_thresholds,
+)
+from auxilia.engine.reload import evaluate_run, load_run
 from auxilia.models.heads import HeadSpec
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
@@ -148,3 +158,113 @@ def test_cli_eval_rejects_bad_thresholds(run_dir, capsys) -> None:
     with pytest.raises(SystemExit):
         cli(["eval", str(run_dir), "--thresholds", "high"])
     assert "--thresholds" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- report names
+
+
+def _small_run(root: Path, name: str, *extra: str) -> Path:
+    config = load_config(None, [f"run.dir={root}", f"run.name={name}", "run.progress=off",
+                                "run.tensorboard=false", "run.plot=false", "train.steps=3",
+                                "data.batch_size=64", *extra])
+    return train(config).run_dir
+
+
+def test_each_checkpoint_gets_its_own_report_files(tmp_path, capsys) -> None:
+    run = _small_run(tmp_path / "runs", "named", "method=deep_supervision")
+    fast = ["--latency-batch", "2", "--thresholds", "0.9,1"]
+    assert cli(["eval", str(run), *fast]) == 0
+    best = (run / "anytime.json").read_bytes()
+    assert json.loads(best)["checkpoint"] == "best"
+    assert cli(["eval", str(run / "checkpoints" / "last.pt"), *fast]) == 0
+    assert (run / "anytime.json").read_bytes() == best  # the best checkpoint's report stays
+    assert json.loads((run / "anytime-last.json").read_text())["checkpoint"] == "last"
+    assert (run / "anytime-last.png").read_bytes().startswith(b"\x89PNG")
+    (run / "anytime-last.json").write_text("an earlier eval of last")
+    assert cli(["eval", str(run), "--checkpoint", "last", *fast]) == 0  # replaced in a run
+    assert json.loads((run / "anytime-last.json").read_text())["checkpoint"] == "last"
+
+    loose = tmp_path / "elsewhere" / "snapshot.pt"
+    loose.parent.mkdir()
+    loose.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    assert cli(["eval", str(loose), *fast]) == 0
+    assert json.loads((loose.parent / "snapshot-anytime.json").read_text())["step"] == 3
+    assert cli(["eval", str(loose), "--out", str(tmp_path / "out"), *fast]) == 0
+    assert (tmp_path / "out" / "snapshot-anytime.png").is_file()
+    assert cli(["eval", str(loose), *fast]) == 2  # not a run folder: kept without --overwrite
+    assert "snapshot-anytime" in capsys.readouterr().err
+    # the run folder holds only what auxilia writes, so --overwrite may still replace it
+    train(load_config(run / "config.yaml", []), overwrite=True)
+    assert not (run / "anytime-last.json").exists()
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def test_val_thresholds_spread_the_share_leaving_early() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2000, 10) * torch.linspace(0.5, 6, 2000)[None, :, None]
+    thresholds = val_thresholds(logits)
+    assert len(thresholds) == len(VAL_QUANTILES) + 1 and thresholds[-1] == 1.0
+    assert thresholds == sorted(set(thresholds))
+    res = early_exit(logits, torch.zeros(2000, dtype=torch.long), thresholds,
+                     torch.ones(3, 1), torch.ones(1))
+    early = (100 - res["fraction"][:, -1]).tolist()  # % leaving before the final exit
+    expected = [100 * (1 - q) for q in VAL_QUANTILES] + [0.0]
+    assert early == pytest.approx(expected, abs=0.1)
+
+
+def test_thresholds_come_from_val_never_from_test(run_dir, monkeypatch) -> None:
+    plain = anytime_report(run_dir, latency_batch=2, repeats=1)
+    assert plain["early_exit"]["threshold_source"] == "val"
+    setup, _ = load_run(run_dir)
+    _, val_logits = collect_logits(setup.model, setup.data.val, setup.eval_view, 512,
+                                   setup.device)
+    assert plain["early_exit"]["thresholds"] == val_thresholds(val_logits)
+    assert 10 <= len(plain["early_exit"]["thresholds"]) <= 13
+
+    loaded: list = []
+    real_load, real_collect = anytime.load_run, anytime.collect_logits
+
+    def load(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    def collect(model, split, *args):  # the test split gets far flatter confidences
+        names, logits = real_collect(model, split, *args)
+        return names, logits * (0.01 if split is loaded[-1][0].data.test else 1.0)
+
+    monkeypatch.setattr(anytime, "load_run", load)
+    monkeypatch.setattr(anytime, "collect_logits", collect)
+    flat = anytime_report(run_dir, latency_batch=2, repeats=1)
+    assert flat["early_exit"]["thresholds"] == plain["early_exit"]["thresholds"]
+    def accuracy_rows(report: dict, split: str) -> list:
+        return [(r["threshold"], r["top1"], r["fraction"]) for r in report["early_exit"][split]]
+
+    assert accuracy_rows(flat, "val") == accuracy_rows(plain, "val")
+    assert accuracy_rows(flat, "test") != accuracy_rows(plain, "test")  # test did change
+    only_test = anytime_report(run_dir, splits=("test",), latency_batch=2, repeats=1)
+    assert only_test["early_exit"]["thresholds"] == plain["early_exit"]["thresholds"]
+    assert "val" not in only_test["early_exit"]
+
+
+def test_without_val_the_fixed_grid_is_used_and_said(tmp_path, capsys) -> None:
+    run = _small_run(tmp_path, "noval", "method=deep_supervision", "data.val_fraction=0")
+    assert cli(["eval", str(run), "--latency-batch", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps the table's title
+    assert "thresholds: a fixed grid, as the run has no val split" in out
+    early = json.loads((run / "anytime.json").read_text())["early_exit"]
+    assert early["threshold_source"] == "fixed" and early["thresholds"] == list(THRESHOLDS)
+
+
+def test_a_single_exit_model_gets_one_line_instead_of_an_early_exit_table(tmp_path,
+                                                                          capsys) -> None:
+    run = _small_run(tmp_path, "plain", "method=supervised")
+    assert cli(["eval", str(run), "--latency-batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "early exit needs auxiliary classifiers (e.g. method=deep_supervision)" in out
+    assert "early exit at max softmax" not in out and "% final" not in out
+    report = json.loads((run / "anytime.json").read_text())
+    assert report["early_exit"] == {"order": ["final"], "skipped": SINGLE_EXIT}
+    assert list(report["exits"]) == ["final"] and "test" in report["exits"]["final"]
+    assert (run / "anytime.png").read_bytes().startswith(b"\x89PNG")

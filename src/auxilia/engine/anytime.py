@@ -13,7 +13,8 @@ FLOPs, as ``FlopCounterMode`` counts), parameters are counted once per storage, 
 summed CPU time of the ancestry's ops on one batch (each op's fastest of several runs).
 
 Early exit orders the exits by depth; a sample leaves at the first exit whose max softmax is at
-least the threshold, and the final exit answers the rest. Leaving at exit k costs everything
+least the threshold, and the final exit answers the rest. Thresholds are chosen on the val split
+(:func:`val_thresholds`), never on test. Leaving at exit k costs everything
 needed for exits 1..k (the earlier heads were evaluated to decide not to leave). A threshold of
 1 or more means "always final": no auxiliary head is evaluated, so it costs the final exit alone.
 """
@@ -33,16 +34,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
-from auxilia import jsonio
 from auxilia.data.types import Split
-from auxilia.engine.checkpoint import atomic_write
+from auxilia.engine.anytime_files import (
+    REPORT_FILES,
+    checkpoint_label,
+    plot_report,
+    report_names,
+    report_paths,
+    write_report,
+)
 from auxilia.engine.evaluate import batches
 from auxilia.engine.reload import load_run
-from auxilia.engine.runfolder import is_run_folder
 from auxilia.losses import topk_correct
 
+__all__ = ["REPORT_FILES", "THRESHOLDS", "anytime_report", "checkpoint_label", "early_exit",
+           "exit_costs", "plot_report", "report_names", "report_paths", "trace_exits",
+           "val_thresholds", "write_report"]
+
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.999, 1.0)
-"""Default early-exit thresholds; 1.0 is "always final"."""
+"""Early-exit thresholds for a run without a val split (:func:`val_thresholds` otherwise);
+1.0 is "always final"."""
 
 
 def _storage(t: torch.Tensor) -> int:
@@ -219,46 +230,104 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] = ("val", "test"),
-                   thresholds: Sequence[float] = THRESHOLDS, latency_batch: int = 64,
+                   thresholds: Sequence[float] | None = None, latency_batch: int = 64,
                    repeats: int = 5, data_root: str | Path | None = None) -> dict[str, Any]:
     """Accuracy and cost of every exit, and the early-exit curve, of a saved run.
 
     Logits are computed in float32 on the run's device; costs are measured on the CPU.
-    Thresholds are a fixed grid, reported on every split; none is selected on test.
+    Without ``thresholds`` they are chosen on the val split (:func:`val_thresholds`; the
+    fixed :data:`THRESHOLDS` without one) and reported on every split; none is picked on test.
+    A model with one exit gets no early-exit rows (``early_exit["skipped"]`` says why).
 
     Returns:
         A JSON-ready dict: ``exits`` (per exit: params, flops, latency_ms, and top1/top5 per
-        split), ``early_exit`` (per split, one row per threshold), ``latency_batch``,
-        ``checkpoint`` and ``step``.
+        split), ``early_exit`` (``thresholds``, ``threshold_source``: ``val``, ``given`` or
+        ``fixed``, and per split one row per threshold), ``latency_batch``, ``checkpoint``
+        (:func:`checkpoint_label`) and ``step``.
 
     ``data_root`` is the data's new root when it moved since training (see
     :func:`auxilia.engine.reload.load_run`).
     """
     setup, checkpoint = load_run(path, which, data_root=data_root)
     cfg = setup.config
-    logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    names: list[str] = []
-    for split_name in splits:
-        split = getattr(setup.data, split_name)
-        if len(split):
-            names, lg = collect_logits(setup.model, split, setup.eval_view,
-                                       cfg.data.eval_batch_size, setup.device)
-            logits[split_name] = lg, split.labels
-    if not logits:
-        raise ValueError(f"splits {', '.join(splits)} are empty; evaluate another --split")
+    names, logits = _split_logits(setup, splits)
     sample = _sample_images(setup, latency_batch)
     costs = exit_costs(setup.model, sample, repeats)
     exits = {name: {**costs["exits"][name],
                     **{s: _accuracy(lg[i], y) for s, (lg, y) in logits.items()}}
              for i, name in enumerate(names)}
-    report = {"run": cfg.run_name(), "checkpoint": which, "step": checkpoint["loop"]["step"],
-              "latency_batch": costs["batch"], "forward_latency_ms": costs["forward_latency_ms"],
-              "latency_repeats": repeats, "exits": exits,
-              "early_exit": {"thresholds": list(thresholds), "order": names,
-                             "prefix_cost": costs["prefix"]}}
+    report = {"run": cfg.run_name(), "checkpoint": checkpoint_label(path, which),
+              "step": checkpoint["loop"]["step"], "latency_batch": costs["batch"],
+              "forward_latency_ms": costs["forward_latency_ms"], "latency_repeats": repeats,
+              "exits": exits, "early_exit": {"order": names}}
+    if len(names) < 2:
+        report["early_exit"]["skipped"] = SINGLE_EXIT
+        return report
+    chosen, source = _thresholds(setup, logits, thresholds)
+    report["early_exit"].update({"thresholds": chosen, "threshold_source": source,
+                                 "prefix_cost": costs["prefix"]})
     for split_name, (lg, y) in logits.items():
-        report["early_exit"][split_name] = _early_exit_rows(lg, y, thresholds, names, costs)
+        report["early_exit"][split_name] = _early_exit_rows(lg, y, chosen, names, costs)
     return report
+
+
+SINGLE_EXIT = ("early exit needs auxiliary classifiers (e.g. method=deep_supervision); this "
+               "model has one exit, so there is no early-exit table")
+"""Why a single-exit model's report has no early-exit rows."""
+
+VAL_QUANTILES: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+"""Quantiles of the val confidences that :func:`val_thresholds` places thresholds at."""
+
+
+def val_thresholds(val_logits: torch.Tensor) -> list[float]:
+    """Early-exit thresholds at which about 100, 90, ..., 10, 5 % of val leaves early, and 1.0.
+
+    A sample leaves before the final exit exactly when its most confident auxiliary exit
+    reaches the threshold, so the thresholds are quantiles (``VAL_QUANTILES``, taken at sample
+    values) of that per-sample confidence: the table then spans the whole range from "almost
+    everything leaves at the first exits" to "always final", whatever the model's calibration.
+    Ties and confidences that round to 1.0 collapse, so there may be fewer rows.
+
+    Args:
+        val_logits: ``[E, N, K]`` on the val split, exits in depth order, the final exit last
+            (``E >= 2``).
+    """
+    conf = val_logits[:-1].float().softmax(-1).amax(-1).amax(0)                  # [N]
+    levels = torch.tensor(VAL_QUANTILES, dtype=conf.dtype)
+    values = torch.quantile(conf, levels, interpolation="lower").tolist()
+    return [*sorted({v for v in values if v < 1.0}), 1.0]
+
+
+def _thresholds(setup: Any, logits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                given: Sequence[float] | None) -> tuple[list[float], str]:
+    """The thresholds and where they come from; only ever the val split's confidences."""
+    if given is not None:
+        return [float(t) for t in given], "given"
+    if "val" in logits:
+        return val_thresholds(logits["val"][0]), "val"
+    if len(setup.data.val):  # val is not reported (--split test) but still picks thresholds
+        return val_thresholds(_logits(setup, setup.data.val)[1]), "val"
+    return list(THRESHOLDS), "fixed"  # no val split: nothing else may pick them
+
+
+def _split_logits(setup: Any, splits: Sequence[str]
+                  ) -> tuple[list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Exit names and ``{split: (logits [E, N, K], labels)}`` of the non-empty ``splits``."""
+    logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    names: list[str] = []
+    for split_name in splits:
+        split = getattr(setup.data, split_name)
+        if len(split):
+            names, lg = _logits(setup, split)
+            logits[split_name] = lg, split.labels
+    if not logits:
+        raise ValueError(f"splits {', '.join(splits)} are empty; evaluate another --split")
+    return names, logits
+
+
+def _logits(setup: Any, split: Split) -> tuple[list[str], torch.Tensor]:
+    return collect_logits(setup.model, split, setup.eval_view,
+                          setup.config.data.eval_batch_size, setup.device)
 
 
 def _sample_images(setup: Any, size: int) -> torch.Tensor:
@@ -286,82 +355,3 @@ def _early_exit_rows(logits: torch.Tensor, labels: torch.Tensor, thresholds: Seq
                      "mean_latency_ms": mean["latency_ms"],
                      "fraction": dict(zip(names, res["fraction"][i].tolist(), strict=True))})
     return rows
-
-
-REPORT_FILES = ("anytime.json", "anytime.png")
-"""The files :func:`write_report` writes."""
-
-
-def report_paths(out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
-    """The paths of ``anytime.json`` and ``anytime.png`` in ``out_dir``, once they may be written.
-
-    Files of these names are replaced without asking only in an auxilia run folder (where
-    auxilia wrote them); elsewhere they may be someone else's, so ``overwrite`` must say so.
-
-    Raises:
-        FileExistsError: ``out_dir`` is a file, or it is not a run folder, holds one of the
-            files and ``overwrite`` is false; the message names the file and the fix.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"cannot write the anytime report into {out}: it is a file, not a "
-                              "folder; name a folder with --out")
-    json_path, png_path = (out / name for name in REPORT_FILES)
-    taken = [p for p in (json_path, png_path) if p.exists() or p.is_symlink()]
-    if taken and not overwrite and not _is_auxilia_run(out):
-        raise FileExistsError(f"{taken[0]} already exists and {out} is not an auxilia run "
-                              "folder; pass --overwrite to replace it or --out to write elsewhere")
-    return json_path, png_path
-
-
-def _is_auxilia_run(folder: Path) -> bool:
-    """A run folder: auxilia's marker, or (runs older than the marker) its checkpoints."""
-    checkpoints = folder / "checkpoints"
-    return is_run_folder(folder) or any((checkpoints / name).is_file()
-                                        for name in ("last.pt", "best.pt"))
-
-
-def write_report(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False
-                 ) -> tuple[Path, Path]:
-    """Atomically write ``anytime.json`` (strict JSON) and ``anytime.png`` into ``out_dir``.
-
-    Raises:
-        FileExistsError: see :func:`report_paths`; nothing is written then.
-        OSError: a write failed; the message names the file, which is unchanged.
-    """
-    json_path, png_path = report_paths(out_dir, overwrite)
-    text = (jsonio.dumps(report, indent=2) + "\n").encode()
-    atomic_write(json_path, lambda f: f.write(text))
-    plot_report(report, png_path)
-    return json_path, png_path
-
-
-def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Accuracy against mean MFLOPs per image: early-exit curves and the single exits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    splits = [s for s in ("val", "test") if s in report["early_exit"]]
-    for i, split in enumerate(splits):
-        rows = report["early_exit"][split]
-        ax.plot([r["mean_flops"] / 1e6 for r in rows], [r["top1"] for r in rows],
-                "-" if split == "test" else "--", marker=".", color=f"C{i}",
-                label=f"early exit, {split}")
-        points = [(e["flops"] / 1e6, e[split]["top1"]) for e in report["exits"].values()]
-        ax.scatter(*zip(*points, strict=True), color=f"C{i}", zorder=3,
-                   marker="o" if split == "test" else "s", label=f"single exits, {split}")
-    for name, e in report["exits"].items():
-        ax.annotate(name, (e["flops"] / 1e6, e[splits[-1]]["top1"]), fontsize=8,
-                    xytext=(4, -10), textcoords="offset points")
-    ax.set(xlabel="MFLOPs per image (mean over samples for early exit)", ylabel="top-1 (%)")
-    ax.set_title(f"{report['run']} (step {report['step']}): anytime accuracy", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    finally:
-        plt.close(fig)

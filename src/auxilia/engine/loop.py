@@ -2,7 +2,8 @@
 
 Every step: draw index batches from the stream, build the objective's views, run one forward
 per model over the concatenated views, evaluate the objective's terms, step the optimizer.
-Every ``eval_every`` steps: evaluate every exit on val and test, select on val, checkpoint.
+Every ``eval_every`` steps: evaluate every exit on val (and on test when ``train.test_eval``
+says so), select on val, checkpoint.
 """
 
 from __future__ import annotations
@@ -80,12 +81,16 @@ def run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream
     cfg = setup.config
     spe = stream.batches_per_epoch
     total = cfg.train.steps or math.ceil(float(cfg.train.epochs or 1) * spe)
-    eval_every = cfg.train.eval_every or spe
+    eval_every = cfg.train.eval_every_steps(spe)
+    test_always = evaluate_test_every_time(cfg.train.test_eval, len(setup.data.val),
+                                           len(setup.data.test), eval_every * stream.batch_size)
     scaler = torch.amp.GradScaler("cuda", enabled=_fp16_scaling(setup))
     models = {"student": setup.model}
     wanted = setup.objective.inputs()
     running: dict[str, torch.Tensor] = {}
     bar = Progress(total, loop.step, cfg.run.progress)
+    if not test_always and len(setup.data.test):
+        bar.message(_test_eval_note(cfg.train.test_eval, len(setup.data.test)))
     batches = iter(stream)
     t_start = time.perf_counter()
     setup.model.train()
@@ -111,7 +116,8 @@ def run_loop(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream
             _log_train(running, loop, optimizer, log, bar, cfg, t_start)
         if loop.step % eval_every == 0 or loop.step == total:
             loop.train_seconds += time.perf_counter() - t_start
-            _evaluate_and_save(setup, optimizer, stream, loop, folder, log, bar)
+            _evaluate_and_save(setup, optimizer, stream, loop, folder, log, bar,
+                               test_now=test_always or loop.step == total)
             t_start = time.perf_counter()
         if stop.requested:
             loop.train_seconds += time.perf_counter() - t_start
@@ -208,26 +214,22 @@ def _log_train(running: dict[str, Any], loop: LoopState, optimizer: torch.optim.
 
 
 def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-                       loop: LoopState, folder: RunFolder, log: MetricsLog, bar: Progress) -> None:
-    cfg = setup.config
-    bad = [n for n, t in setup.model.state_dict().items()
-           if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        last = folder.last if folder.last.is_file() else "none yet"
-        raise NonFiniteLossError(
-            f"weights became non-finite by step {loop.step} ({', '.join(bad[:3])}...); "
-            f"stopped without writing a checkpoint. Last good checkpoint: {last}. "
-            "Try a lower optim.lr or optim.grad_clip")
-    kwargs = dict(batch_size=cfg.data.eval_batch_size, device=setup.device, amp=cfg.train.amp,
-                  amp_dtype=setup.amp_dtype, channels_last=cfg.model.channels_last)
+                       loop: LoopState, folder: RunFolder, log: MetricsLog, bar: Progress,
+                       *, test_now: bool = True) -> None:
+    """Evaluate, select on val, checkpoint.
+
+    Test is evaluated when ``test_now`` (every evaluation, or the last step), when this
+    evaluation selects a new best (so the selected checkpoint's test numbers are exact), and
+    always without a val split (then the latest evaluation is the selected one).
+    """
+    _check_finite_weights(setup, loop, folder)
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / stream.batches_per_epoch}
-    for name, split in (("val", setup.data.val), ("test", setup.data.test)):
-        if len(split):
-            metrics = evaluate(setup.model, split, setup.eval_view, **kwargs)
-            record.update({f"{name}/{k}": v for k, v in metrics.items()})
+    record.update(_evaluate_split(setup, "val", bar))
+    improved = _is_better(record, loop.best)
+    if test_now or improved:
+        record.update(_evaluate_split(setup, "test", bar))
     loop.evals.append(record)
     log.write(record)
-    improved = _is_better(record, loop.best)
     if improved:
         loop.best = {"step": loop.step,
                      "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
@@ -237,6 +239,61 @@ def _evaluate_and_save(setup: Setup, optimizer: torch.optim.Optimizer, stream: I
     if improved:
         run_state.save(folder.best, setup, optimizer, stream, loop)
     bar.message(_eval_line(record))
+
+
+def _check_finite_weights(setup: Setup, loop: LoopState, folder: RunFolder) -> None:
+    bad = [n for n, t in setup.model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        last = folder.last if folder.last.is_file() else "none yet"
+        raise NonFiniteLossError(
+            f"weights became non-finite by step {loop.step} ({', '.join(bad[:3])}...); "
+            f"stopped without writing a checkpoint. Last good checkpoint: {last}. "
+            "Try a lower optim.lr or optim.grad_clip")
+
+
+def _evaluate_split(setup: Setup, name: str, bar: Progress) -> dict[str, float]:
+    """``{"<name>/<metric>": value}`` for the split ``name``; empty for an empty split."""
+    cfg, split = setup.config, getattr(setup.data, name)
+    if not len(split):
+        return {}
+    with bar.evaluating(name, len(split)):
+        metrics = evaluate(setup.model, split, setup.eval_view,
+                           batch_size=cfg.data.eval_batch_size, device=setup.device,
+                           amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                           channels_last=cfg.model.channels_last)
+    return {f"{name}/{k}": v for k, v in metrics.items()}
+
+
+TEST_EVAL_SHARE = 0.3
+"""``train.test_eval: auto`` evaluates test every time while the test split holds at most this
+share of the images trained between two evaluations. Per image, an evaluation forward costs
+about a third of a training step (forward + backward), so 0.3 keeps test at about 10 % of the
+training time; the rule looks at sizes only, never at timings, so a resumed run decides the
+same."""
+
+
+def evaluate_test_every_time(mode: str, n_val: int, n_test: int,
+                             images_between_evals: int) -> bool:
+    """Whether every evaluation also evaluates test (``train.test_eval`` resolved).
+
+    ``selected`` (and ``auto`` for a test split larger than :data:`TEST_EVAL_SHARE` of the
+    images trained between evaluations) evaluates test only where val selects a new best and
+    at the last step; without a val split every evaluation is a selection, so test is always
+    evaluated.
+    """
+    if mode == "every" or n_val == 0:
+        return True
+    if mode == "selected":
+        return False
+    return n_test <= TEST_EVAL_SHARE * images_between_evals
+
+
+def _test_eval_note(mode: str, n_test: int) -> str:
+    why = (f"train.test_eval=auto: {n_test:,} test images cost more than about 10 % of the "
+           "training between evaluations" if mode == "auto" else "train.test_eval=selected")
+    return (f"test is evaluated only when val selects a new best checkpoint, and at the last "
+            f"step ({why}; train.test_eval=every evaluates it every time)")
 
 
 def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:

@@ -41,7 +41,8 @@ REPLACED_PREFIX = ".replaced."
 
 OWNED_ENTRIES: dict[str, tuple[str, ...]] = {
     ".": (MARKER, "config.yaml", "metrics.jsonl", "summary.json", "data.json", "curves.png",
-          "anytime.json", "anytime.png", "tb", "checkpoints", "export", TEMPORARY_GLOB),
+          "anytime.json", "anytime.png", "anytime-last.json", "anytime-last.png", "tb",
+          "checkpoints", "export", TEMPORARY_GLOB),
     "checkpoints": ("last.pt", "best.pt", TEMPORARY_GLOB),
     "tb": ("events.out.tfevents.*",),
     "export": ("model.pt", "model.onnx", "model.safetensors", "model.json", TEMPORARY_GLOB),

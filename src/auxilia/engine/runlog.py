@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from auxilia import jsonio
@@ -68,7 +70,11 @@ class MetricsLog:
 
 
 class Progress:
-    """A rich progress bar on a terminal, plain log lines otherwise."""
+    """A rich progress bar on a terminal, plain log lines otherwise.
+
+    The bar's description shows the latest training line, or what is being evaluated while an
+    evaluation runs (:meth:`evaluating`), so a long evaluation never looks like a hang.
+    """
 
     def __init__(self, total: int, start: int, mode: str) -> None:
         if mode == "auto":
@@ -76,6 +82,7 @@ class Progress:
         self.mode = mode
         self.total = total
         self._bar = None
+        self._text = ""
         self._t0 = time.perf_counter()
         if mode == "bar":
             from rich.progress import (
@@ -94,10 +101,29 @@ class Progress:
             self._bar.start()
 
     def update(self, step: int, text: str) -> None:
+        self._text = text
         if self._bar is not None:
             self._bar.update(self._task, completed=step, description=text)
         elif self.mode == "plain":
             print(f"step {step}/{self.total} {text}", flush=True)
+
+    @contextmanager
+    def evaluating(self, split: str, images: int) -> Iterator[None]:
+        """Show ``evaluating <split> (<n> images)`` while the block runs.
+
+        On the bar it replaces the description until the block ends; in ``plain`` mode it is
+        one line printed before the evaluation starts.
+        """
+        text = f"evaluating {split} ({images:,} images)"
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+        elif self.mode == "plain":
+            print(text, flush=True)
+        try:
+            yield
+        finally:
+            if self._bar is not None:
+                self._bar.update(self._task, description=self._text)
 
     def message(self, text: str) -> None:
         if self._bar is not None:
