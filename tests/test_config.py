@@ -13,7 +13,11 @@ def test_defaults_are_a_supervised_digits_run() -> None:
     config = load_config()
     assert config.data.source == "digits"
     assert [m.name for m in config.method] == ["supervised"]
-    assert config.run_name() == "digits-small_cnn-supervised-s0"
+    assert (config.model.name, config.data.image_size) == ("auto", "auto")
+    from auxilia.engine.auto import resolve_auto
+
+    resolved, _ = resolve_auto(config, gpu=False)
+    assert resolved.run_name() == "digits-small_cnn-supervised-s0"
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:

@@ -231,7 +231,7 @@ def test_resolve_checkpoint_checks_files_of_run_folders(tmp_path: Path) -> None:
     assert isinstance(err, CheckpointError)
     _one_line(err, f"checkpoint {run}/checkpoints/best.pt is a FIFO")
     err = _within(lambda: resolve_checkpoint(run, "last"))
-    _one_line(err, f"{run} holds no checkpoints/last.pt; is it an auxilia run folder?")
+    _one_line(err, f"{run} has no checkpoints/last.pt: last.pt is missing; use --checkpoint best")
     err = _within(lambda: resolve_checkpoint("/dev/null"))
     assert isinstance(err, CheckpointError)
     _one_line(err, "checkpoint /dev/null is a character device")

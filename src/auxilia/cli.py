@@ -123,6 +123,9 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> Config:
     from auxilia.engine.runlog import RunFolder
 
     folder = RunFolder(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"cannot resume: {run_dir} is a file, not a run folder; "
+                                 "--resume takes the run folder (runs/<name>)")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"cannot resume: run folder {run_dir} does not exist; start "
                                 "the run without --resume")

@@ -53,8 +53,9 @@ def check_run_name(name: str) -> str:
         problem = "starts with '.' ('.', '..' and hidden names are not run names)"
     elif any(ord(c) < 32 or ord(c) == 127 for c in name):
         problem = "contains a control character"
-    elif len(name) > MAX_RUN_NAME:
-        problem = f"is longer than {MAX_RUN_NAME} characters"
+    elif len(name) > MAX_RUN_NAME or len(name.encode()) > 2 * MAX_RUN_NAME:
+        problem = (f"is longer than {MAX_RUN_NAME} characters or {2 * MAX_RUN_NAME} bytes "
+                   "(room is kept for the lock and replacement names beside it)")
     if problem:
         raise ValueError(f"run.name {name!r} {problem}; use a plain name such as 'my-run-1'")
     return name
@@ -63,7 +64,8 @@ def check_run_name(name: str) -> str:
 class ModelConfig(Strict):
     """Which backbone to build. ``name`` is one of ``auxilia list models`` or ``timm/<name>``."""
 
-    name: str = "small_cnn"
+    name: str = Field(default="auto", description="a registered model, timm/<name>, or auto: "
+                      "chosen from the images' size and the device (see auxilia.engine.auto)")
     pretrained: bool = False
     weights: str | None = Field(default=None, description="local state_dict file to load")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the factory")
@@ -227,7 +229,20 @@ class Config(Strict):
             return self.run.name
         methods = "+".join(m.name for m in self.method)
         model = self.model.name.replace("/", "-")
-        return f"{self.data.source}-{model}-{methods}-s{self.seed}"
+        return f"{self._data_name()}-{model}-{methods}-s{self.seed}"[:MAX_RUN_NAME]
+
+    def _data_name(self) -> str:
+        """``folder-<root's name>`` / ``csv-<name>`` tell two datasets of one source apart."""
+        data = self.data
+        if data.source not in ("folder", "csv"):
+            return data.source
+        anchor = data.root or (data.csv.train if data.csv is not None else None)
+        if anchor is None:
+            return data.source
+        path = Path(anchor).expanduser()
+        name = (path.resolve().name if data.root else path.stem) or "data"
+        plain = "".join(c if c.isalnum() or c in "-_+" else "_" for c in name).lstrip("._")
+        return f"{data.source}-{plain[:40] or 'data'}"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -201,7 +201,9 @@ def test_split_folders_are_recognised_whatever_their_case(tmp_path: Path,
         _tree(tmp_path / name, n, start)
     data = load_dataset(DataConfig(source="folder", root=str(tmp_path)))
     assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 9)
-    assert data.classes == list(CLASSES) and not any("carved" in n for n in data.notes)
+    assert data.classes == list(CLASSES)
+    assert data.origins == {"train": f"folder {names[0]}/", "val": f"folder {names[1]}/",
+                            "test": f"folder {names[2]}/"}
 
 
 @pytest.mark.parametrize(("names", "message"), [

@@ -266,11 +266,19 @@ def _csv_cfg(root: Path, **csv_args: object) -> DataConfig:
 def test_csv_source(tmp_path: Path) -> None:
     data = load_dataset(_csv_cfg(_csv_dataset(tmp_path)))
     assert data.classes == ["ant", "bee", "cat"]
-    # no test CSV: test carved from the 9 train rows (test_fraction 0.2 -> 2); val is official
-    assert (len(data.train), len(data.val), len(data.test)) == (7, 9, 2)
+    # train and val CSVs, no test CSV: no test split (nothing carved behind the user's back)
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 9, 0)
+    assert data.origins["test"] == "none"
+    assert any(n.startswith("no test split: the data has train and val but no test")
+               for n in data.notes)
     _check_colors(data.train, data.classes)
     _check_colors(data.val, data.classes)
-    _check_colors(data.test, data.classes)
+    # asking for one carves it from train (test_fraction 0.2 of 9 -> 2)
+    carved = load_dataset(_csv_cfg(_csv_dataset(tmp_path / "again")).model_copy(
+        update={"test_fraction": 0.2}))
+    assert (len(carved.train), len(carved.val), len(carved.test)) == (7, 9, 2)
+    assert carved.origins["test"] == "carved from train (test_fraction=0.2, split_seed=0)"
+    _check_colors(carved.test, carved.classes)
 
 
 def test_csv_missing_column(tmp_path: Path) -> None:

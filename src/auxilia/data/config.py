@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,11 @@ class Strict(BaseModel):
     floats finite (an ``inf`` or ``nan`` from YAML's ``.inf``/``.nan`` is refused)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+DEFAULT_TEST_FRACTION = 0.2
+RESIZE_METHOD = "bilinear with antialiasing, stretched to a square (the aspect ratio is not kept)"
+"""What ``data.image_size`` does to every image (PIL at decode time, torch for array sources)."""
 
 
 class CsvFiles(Strict):
@@ -39,15 +44,21 @@ class DataConfig(Strict):
     root: str | None = None
     download: bool = False
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    test_fraction: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description="test carved from train when the source has no test split; default 0.2, "
+                    "or no test split when the source has an official val split but no test")
     split_seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)  # as config.SEED_MAX
     labels_per_class: int | None = Field(default=None, ge=1)
     train_subset: int | None = Field(
         default=None, ge=1,
         description="keep this many training samples (stratified), for quick runs")
-    image_size: int | None = Field(
-        default=None, ge=4,
-        description="resize images to this square size (folder/csv: at decode time)")
+    image_size: Annotated[int, Field(ge=4)] | Literal["auto", "native"] | None = Field(
+        default="auto",
+        description="resize every image to this square size (bilinear with antialiasing, the "
+                    "aspect ratio not kept; folder/csv: at decode time); 'native' or null: "
+                    "keep the images' size; 'auto': chosen with the model when model.name is "
+                    "auto, else native")
     grayscale: bool = False
     on_bad_image: Literal["fail", "skip"] = "fail"
     duplicates: Literal["drop", "error", "keep"] = Field(
@@ -64,3 +75,14 @@ class DataConfig(Strict):
     batch_size: int = Field(default=64, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
     num_workers: int = Field(default=0, ge=0, description="processes used to decode image files")
+
+    @property
+    def size(self) -> int | None:
+        """The square size images are resized to, or None to keep their native size."""
+        return self.image_size if isinstance(self.image_size, int) else None
+
+    def test_fraction_for(self, has_val: bool) -> float:
+        """The fraction carved as test from a source without a test split."""
+        if self.test_fraction is not None:
+            return self.test_fraction
+        return 0.0 if has_val else DEFAULT_TEST_FRACTION

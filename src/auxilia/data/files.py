@@ -194,7 +194,12 @@ def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
             ``image_size``.
     """
     str_paths = [str(p) for p in paths]
-    results = _map_chunks(str_paths, "L" if cfg.grayscale else "RGB", cfg.image_size,
+    if cfg.size is not None:
+        from auxilia.engine.memory import check_decoded_size  # engine imports the data modules
+
+        check_decoded_size(len(str_paths), 1 if cfg.grayscale else 3, cfg.size, cfg.size,
+                           f"{len(str_paths)} image files at data.image_size={cfg.size}")
+    results = _map_chunks(str_paths, "L" if cfg.grayscale else "RGB", cfg.size,
                           _num_workers(cfg))
     errors = [e for r in results for e in r[1]]
     bad = [(p, e) for p, e in zip(str_paths, errors, strict=True) if e]

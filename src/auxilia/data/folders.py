@@ -65,16 +65,51 @@ def _split_folders(root: Path) -> dict[str, Path]:
                         f"(found {names}); rename them to train/, val/, test/ (expected "
                         f"{expected}, any case), or point data.root at the folder of class "
                         "folders")
+    used = {d for folders in found.values() for d in folders}
+    extra = [d.name for d in dirs if d not in used]
+    if found and extra:
+        raise DataError(f"{root} has split folders ({', '.join(d.name for d in sorted(used))}) "
+                        f"and other folders beside them ({', '.join(extra)}) that would be "
+                        f"ignored; move them into a split, rename them (expected {expected}, any "
+                        "case), or remove them")
     return {split: folders[0] for split, folders in found.items()}
 
 
-def _scan_classes(folder: Path, classes: list[str] | None
+def _match_classes(folder: Path, names: list[str], classes: list[str]
+                   ) -> tuple[dict[str, str], list[str]]:
+    """Map the class folders of a val/test split onto the training classes.
+
+    A folder that differs from a training class only by case (``coast`` for ``Coast``) is
+    matched to it, with a note; any other unknown folder is an error.
+    """
+    lowered: dict[str, list[str]] = {}
+    for c in classes:
+        lowered.setdefault(c.lower(), []).append(c)
+    mapping, matched, unknown = {}, [], []
+    for n in names:
+        if n in classes:
+            mapping[n] = n
+        elif len(lowered.get(n.lower(), [])) == 1:
+            mapping[n] = lowered[n.lower()][0]
+            matched.append(f"{n} -> {mapping[n]}")
+        else:
+            unknown.append(n)
+    if unknown:
+        raise DataError(f"class folder(s) {unknown} in {folder} do not exist in the training "
+                        f"split (classes: {classes})")
+    notes = [f"{folder.name}/: class folders matched to the training classes by ignoring case: "
+             f"{', '.join(matched)}"] if matched else []
+    return mapping, notes
+
+
+def _scan_classes(folder: Path, classes: list[str] | None, notes: list[str] | None = None
                   ) -> tuple[list[str], list[Path], list[int]]:
     """Lists ``folder/<class>/<image>``; ``classes`` None means "this is train: define them".
 
     Every entry with an image suffix that is not a folder is listed, special files (FIFOs,
     devices) included, so that the decoder refuses them by name instead of skipping them
-    silently.
+    silently. Case-only differences from the training classes are matched (noted in
+    ``notes``).
     """
     dirs = _subfolders(folder)
     if not dirs:
@@ -82,10 +117,13 @@ def _scan_classes(folder: Path, classes: list[str] | None
     names = [d.name for d in dirs]
     if classes is None:
         classes = names
-    unknown = [n for n in names if n not in classes]
-    if unknown:
-        raise DataError(f"class folder(s) {unknown} in {folder} do not exist in the training "
-                        f"split (classes: {classes})")
+        case_twins = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+        if case_twins:
+            raise DataError(f"class folders in {folder} differ only by case ({case_twins}); "
+                            "merge them or rename one")
+    mapping, matched = _match_classes(folder, names, classes)
+    if notes is not None:
+        notes += matched
     paths: list[Path] = []
     labels: list[int] = []
     for d in dirs:
@@ -95,7 +133,7 @@ def _scan_classes(folder: Path, classes: list[str] | None
             raise DataError(f"class folder {d} holds no image files "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         paths += files
-        labels += [classes.index(d.name)] * len(files)
+        labels += [classes.index(mapping[d.name])] * len(files)
     return classes, paths, labels
 
 
@@ -110,13 +148,19 @@ def load_folder(cfg: DataConfig) -> RawData:
     splits = _split_folders(root)
     if not splits:
         classes, paths, labels = _scan_classes(root, None)
-        return _files_to_raw({"train": (paths, labels)}, classes, cfg, root)
+        raw = _files_to_raw({"train": (paths, labels)}, classes, cfg, root)
+        raw.origins["train"] = f"class folders in {root}"
+        return raw
     classes, paths, labels = _scan_classes(splits["train"], None)
     groups = {"train": (paths, labels)}
+    notes: list[str] = []
     for name in ("val", "test"):
         if name in splits:
-            groups[name] = _scan_classes(splits[name], classes)[1:]
-    return _files_to_raw(groups, classes, cfg, root)
+            groups[name] = _scan_classes(splits[name], classes, notes)[1:]
+    raw = _files_to_raw(groups, classes, cfg, root)
+    raw.notes[:0] = notes
+    raw.origins.update({name: f"folder {splits[name].name}/" for name in groups})
+    return raw
 
 
 # ----------------------------------------------------------------------------- csv
@@ -192,9 +236,50 @@ def _read_csv(path: Path, cfg: DataConfig, split: str, classes: list[str] | None
         rows[name] = (label, reader.line_num)
     if not rows:
         raise DataError(f"{split} CSV {path} lists no images")
+    _check_some_exist(path, image_dir, list(rows), cfg)
     notes = [f"{split} CSV {path} lists {repeated} file(s) twice with the same label; each is "
              "used once"] if repeated else []
     return [image_dir / n for n in rows], [label for label, _ in rows.values()], notes
+
+
+PATH_RULE = ("file names in a CSV are relative to data.csv.image_dir when it is set (itself "
+             "relative to data.root when that is set), else to the CSV's own folder; absolute "
+             "names are used as they are")
+
+
+def _check_some_exist(csv_path: Path, image_dir: Path, names: list[str], cfg: DataConfig
+                      ) -> None:
+    """Refuse a CSV none of whose files exist, saying where it looked and where they are."""
+    sample = names[:: max(1, len(names) // 50)]  # a quick look first, then every file
+    if any((image_dir / n).exists() for n in sample) or any(
+            (image_dir / n).exists() for n in names):
+        return
+    bases = [Path(cfg.root)] if cfg.root else []
+    found = _find_folder_holding(names[0], [*bases, csv_path.parent, csv_path.parent.parent])
+    hint = (f"; {names[0]!r} is in {found}: set data.csv.image_dir={found}" if found
+            else f"; {names[0]!r} was not found near {csv_path.parent} either")
+    raise DataError(f"file not found: none of the {len(names)} files listed in {csv_path} "
+                    f"exists under {image_dir} (e.g. {image_dir / names[0]}). Path rule: "
+                    f"{PATH_RULE}{hint}")
+
+
+def _find_folder_holding(name: str, bases: list[Path], depth: int = 4,
+                         budget: int = 20_000) -> Path | None:
+    """The first folder ``D`` under ``bases`` (breadth-first, bounded) with ``D / name``."""
+    queue = [(b, 0) for b in bases if b.is_dir()]
+    seen = 0
+    while queue and seen < budget:
+        folder, level = queue.pop(0)
+        seen += 1
+        if (folder / name).is_file():
+            return folder
+        if level < depth:
+            try:
+                queue += [(d, level + 1) for d in sorted(folder.iterdir())
+                          if d.is_dir() and not d.name.startswith(".")]
+            except OSError:
+                continue
+    return None
 
 
 def load_csv(cfg: DataConfig) -> RawData:
@@ -220,4 +305,5 @@ def load_csv(cfg: DataConfig) -> RawData:
     anchor = Path(cfg.root).expanduser() if cfg.root else train_csv.parent
     raw = _files_to_raw(groups, classes, cfg, anchor)
     raw.notes[:0] = notes
+    raw.origins.update({name: f"CSV {resolve(getattr(cfg.csv, name))}" for name in groups})
     return raw

@@ -33,3 +33,5 @@ class RawData:
     unlabeled: Split | None = None
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     notes: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
+    """Where each split came from (``"folder train/"``, ``"carved from train (...)"``)."""

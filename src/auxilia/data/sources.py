@@ -31,7 +31,7 @@ from auxilia.data.splits import labeled_unlabeled, stratified_split, stratified_
 from auxilia.data.types import DatasetSplits, Split
 
 __all__ = ["SOURCES", "DataError", "RawData", "SourceSpec", "channel_stats", "decode_images",
-           "load_dataset"]
+           "describe_splits", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def _load_digits(cfg: DataConfig) -> RawData:
     values = torch.as_tensor(bunch.images, dtype=torch.float64)  # [N, 8, 8], 0..16
     images = (values * (255.0 / 16.0)).round().clamp(0, 255).to(torch.uint8).unsqueeze(1)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return RawData(Split(images, labels), [str(c) for c in range(10)], "digits")
+    return RawData(Split(images, labels), [str(c) for c in range(10)], "digits",
+                   origins={"train": "scikit-learn's bundled digits"})
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -184,8 +185,12 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
     if name == "stl10" and cfg.stl10_unlabeled:
         unlabeled, _ = _read_torchvision(name, cfg, "unlabeled")
         unlabeled = unlabeled.with_labels(torch.full_like(unlabeled.labels, -1))
+    origins = {"train": f"{info.cls_name} official train split",
+               "test": f"{info.cls_name} official test split"}
+    if unlabeled is not None:
+        origins["unlabeled"] = f"{info.cls_name} unlabeled split"
     return RawData(train, classes, info.family, test=test, unlabeled=unlabeled,
-                   stats=(info.mean, info.std))
+                   stats=(info.mean, info.std), origins=origins)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -216,21 +221,34 @@ def _carve(pool: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 
 
 def _official_to_splits(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
-    """Carves test, then val, from train where the source lacks them."""
+    """Carves test, then val, from train where the source lacks them.
+
+    A source with an official val split but no test split gets no test split unless
+    ``data.test_fraction`` asks for one: carving test from train then would shrink the
+    training split behind the user's back.
+    """
     train, val, test = raw.train, raw.val, raw.test
     carve_test = test is None
-    if carve_test and val is None and cfg.val_fraction + cfg.test_fraction >= 1:
+    test_fraction = cfg.test_fraction_for(has_val=val is not None)
+    if carve_test and val is None and cfg.val_fraction + test_fraction >= 1:
         raise DataError(f"data.val_fraction + data.test_fraction must be < 1, got "
-                        f"{cfg.val_fraction} + {cfg.test_fraction}")
-    if test is None:
-        train, test = _carve(train, cfg.test_fraction, cfg.split_seed)
-        raw.notes.append(f"test: {len(test)} samples carved from train "
-                         f"(test_fraction={cfg.test_fraction}, split_seed={cfg.split_seed})")
+                        f"{cfg.val_fraction} + {test_fraction}")
+    if test is None and test_fraction == 0:
+        test = train.take(torch.zeros(0, dtype=torch.int64))
+        raw.notes.append("no test split: the data has train and val but no test; results are "
+                         "val only (add a test split, or set data.test_fraction to carve one "
+                         "from train)" if val is not None else "no test split "
+                         "(data.test_fraction=0)")
+        raw.origins["test"] = "none"
+    elif test is None:
+        train, test = _carve(train, test_fraction, cfg.split_seed)
+        raw.origins["test"] = (f"carved from train (test_fraction={test_fraction}, "
+                               f"split_seed={cfg.split_seed})")
     if val is None:
-        fraction = cfg.val_fraction / (1 - cfg.test_fraction) if carve_test else cfg.val_fraction
+        fraction = cfg.val_fraction / (1 - test_fraction) if carve_test else cfg.val_fraction
         train, val = _carve(train, fraction, cfg.split_seed)
-        raw.notes.append(f"val: {len(val)} samples carved from train "
-                         f"(val_fraction={cfg.val_fraction}, split_seed={cfg.split_seed})")
+        raw.origins["val"] = (f"carved from train (val_fraction={cfg.val_fraction}, "
+                              f"split_seed={cfg.split_seed})")
     return train, val, test
 
 
@@ -261,23 +279,25 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
                         f"{cfg.source!r} (3 channels)")
     if len(raw.classes) < 2:
         raise DataError(f"source {cfg.source!r} has {len(raw.classes)} class "
-                        f"({', '.join(raw.classes)}): a classifier needs at least two; check "
-                        "data.root (it should hold one folder per class)")
+                        f"({', '.join(raw.classes)}): a classifier needs at least two; "
+                        + ("check data.csv.label_column and the training CSV's labels"
+                           if cfg.source == "csv" else
+                           "check data.root (it should hold one folder per class)"))
     _clean(raw, cfg)
     train, val, test = _official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
-    if cfg.image_size is not None:
+    if cfg.size is not None:
         from auxilia.engine.memory import check_decoded_size  # here: engine imports this module
         todo = [len(s) for s in (train, val, test, unlabeled) if s is not None
-                and s.images.shape[-2:] != (cfg.image_size, cfg.image_size)]
-        pixels = train.images.shape[1] * cfg.image_size**2  # _resize: float32 + uint8 chunks
-        check_decoded_size(sum(todo), train.images.shape[1], cfg.image_size, cfg.image_size,
-                           f"{cfg.source} resized to data.image_size={cfg.image_size}",
+                and s.images.shape[-2:] != (cfg.size, cfg.size)]
+        pixels = train.images.shape[1] * cfg.size**2  # _resize: float32 + uint8 chunks
+        check_decoded_size(sum(todo), train.images.shape[1], cfg.size, cfg.size,
+                           f"{cfg.source} resized to data.image_size={cfg.size}",
                            working_bytes=5 * pixels * min(max(todo, default=0), 2048))
-        train, val, test = (s.with_images(_resize(s.images, cfg.image_size))
+        train, val, test = (s.with_images(_resize(s.images, cfg.size))
                             for s in (train, val, test))
         if unlabeled is not None:
-            unlabeled = unlabeled.with_images(_resize(unlabeled.images, cfg.image_size))
+            unlabeled = unlabeled.with_images(_resize(unlabeled.images, cfg.size))
     mean, std = raw.stats or channel_stats(train.images)
     if cfg.train_subset is not None:
         if cfg.train_subset >= len(train):
@@ -292,9 +312,17 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
         rest = train.take(unl).with_labels(torch.full((len(unl),), -1, dtype=torch.int64))
         train, unlabeled = train.take(lab), _cat(rest, unlabeled)
     _check_every_class_trains(train, raw.classes, cfg)
+    _note_small_val(val, len(raw.classes), raw.notes)
+    origins = {"val": "none", **raw.origins}
+    if cfg.train_subset is not None and cfg.train_subset < len(raw.train):
+        origins["train"] += f", a stratified subset of {len(train)} (seed {draw_seed})"
+    if cfg.labels_per_class is not None:
+        origins["train"] += f", {cfg.labels_per_class} labeled per class (seed {draw_seed})"
+        origins["unlabeled"] = "the rest of train, labels hidden" + (
+            f" + {raw.origins['unlabeled']}" if "unlabeled" in raw.origins else "")
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
-                         unlabeled=unlabeled, notes=raw.notes)
+                         unlabeled=unlabeled, notes=raw.notes, origins=origins)
     data.identity = identity(data, cfg.source)
     return data
 
@@ -318,6 +346,32 @@ def _clean(raw: RawData, cfg: DataConfig) -> None:
                                                    splits["val"], splits["test"])
     if raw.train is None:
         raise DataError("the training split is empty")
+
+
+MIN_VAL_PER_CLASS = 10
+"""Fewer validation images per class than this (on average) make checkpoint selection noisy."""
+
+
+def _note_small_val(val: Split, num_classes: int, notes: list[str]) -> None:
+    if len(val) == 0:
+        notes.append("no validation split: the last evaluation is the selected one")
+    elif len(val) < MIN_VAL_PER_CLASS * num_classes:
+        notes.append(f"val has {len(val)} images for {num_classes} classes "
+                     f"({len(val) / num_classes:.1f} per class): too few to select a checkpoint "
+                     f"reliably; raise data.val_fraction (e.g. 0.2) or add validation images "
+                     f"(at least {MIN_VAL_PER_CLASS} per class)")
+
+
+def describe_splits(data: DatasetSplits) -> list[str]:
+    """One line per split: its size and where it came from."""
+    lines = []
+    for name in ("train", "val", "test", "unlabeled"):
+        split = getattr(data, name)
+        if split is None:
+            continue
+        origin = data.origins.get(name, "")
+        lines.append(f"{name:9s} {len(split):7,d}  {origin}")
+    return lines
 
 
 def _check_every_class_trains(train: Split, classes: list[str], cfg: DataConfig) -> None:

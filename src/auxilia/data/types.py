@@ -93,6 +93,8 @@ class DatasetSplits:
     notes: list[str] = field(default_factory=list)
     identity: dict[str, Any] | None = None
     """The data's fingerprint (:mod:`auxilia.data.identity`), stored with every run."""
+    origins: dict[str, str] = field(default_factory=dict)
+    """Where each split came from: a folder, a CSV, "carved from train (fraction, seed)"."""
 
     @property
     def num_classes(self) -> int:

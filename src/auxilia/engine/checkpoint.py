@@ -67,11 +67,25 @@ def atomic_write_path(path: Path, write: Callable[[Path], object]) -> None:
     _replace(path, fill)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _replace(path: Path, fill: Callable[[int, Path], None]) -> None:
     """Create a temporary sibling of ``path``, ``fill(fd, tmp)`` it, rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600, made the user's usual mode
         fill(fd, Path(tmp))
         os.replace(tmp, path)
     except BaseException as err:
@@ -157,6 +171,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(p) as archive:
             damaged = archive.testzip()
+            members = archive.namelist()
+        if any(m.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for m in members):
+            raise CheckpointError(f"{p} is an exported TorchScript model, not a training "
+                                  "checkpoint: load it with torch.jit.load; auxilia eval and "
+                                  "export take a run folder or its checkpoints/*.pt")
         if damaged is not None:
             raise CheckpointError(f"cannot read checkpoint {p}: member {damaged} fails its CRC "
                                   f"check {hint}")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from auxilia import jsonio
+from auxilia.data.config import RESIZE_METHOD
 from auxilia.engine.checkpoint import atomic_write, atomic_write_path
 from auxilia.engine.reload import load_run, resolve_checkpoint
 from auxilia.engine.setup import Setup
@@ -96,14 +97,29 @@ def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> 
         return default_export_path(path, fmt)
     target = Path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():
-        return target / f"model{suffix}"
-    if not target.suffix:
-        return target.with_name(target.name + suffix)
-    if target.suffix != suffix:
+        target = target / f"model{suffix}"
+    elif not target.suffix:
+        target = target.with_name(target.name + suffix)
+    elif target.suffix != suffix:
         raise ExportError(f"--out {out} must end in {suffix} for --format {fmt}, not "
                           f"{target.suffix} (the description beside it is the .json); use e.g. "
                           f"--out {target.with_suffix(suffix)}")
+    _refuse_run_files(target)
     return target
+
+
+def _refuse_run_files(target: Path) -> None:
+    """An export (model or sidecar) never replaces a file of a run folder outside ``export/``."""
+    from auxilia.engine.runfolder import is_run_folder
+
+    for file in (target, target.with_suffix(".json")):
+        parent = file.resolve().parent
+        for run in (parent, parent.parent):
+            if is_run_folder(run) and parent.name != "export" and file.resolve() != run:
+                raise ExportError(
+                    f"--out {target} would write {file} inside the run folder {run}, next to "
+                    f"its own files (checkpoints, config, data fingerprint); export to "
+                    f"{run / 'export'}/ (the default) or outside the run folder")
 
 
 def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which: str = "best",
@@ -202,6 +218,7 @@ def model_card(setup: Setup, checkpoint: dict[str, Any], source: Path) -> dict[s
         "class_names": list(data.classes),
         "input_shape": ["batch", *data.image_shape],
         "input": "float32 images in [0, 1] (uint8 / 255), then (x - mean) / std per channel",
+        "resize": _resize_card(cfg.data.size, data.image_shape),
         "mean": list(data.mean),
         "std": list(data.std),
         "output": "logits [batch, num_classes]",
@@ -210,6 +227,16 @@ def model_card(setup: Setup, checkpoint: dict[str, Any], source: Path) -> dict[s
         "source": {"checkpoint": str(source.resolve()), "step": checkpoint["loop"]["step"]},
         "files": {},
     }
+
+
+def _resize_card(size: int | None, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """How training images were brought to the input shape, to do the same outside auxilia."""
+    if size is None:
+        return {"size": None, "method": f"none: the training images were {shape[1]}x{shape[2]}; "
+                                        "give images of that size"}
+    return {"size": [size, size], "method": RESIZE_METHOD,
+            "library": "PIL Image.resize(Image.BILINEAR) for image files; "
+                       "torch.nn.functional.interpolate(bilinear, antialias=True) for arrays"}
 
 
 def _suffix(fmt: str) -> str:

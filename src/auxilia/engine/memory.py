@@ -215,7 +215,7 @@ def check_step_memory(config: Config, model: nn.Module, image_shape: tuple[int, 
     if config.train.amp:  # convolutions and matrix products, most of the bytes, in 16 bits
         per_sample = ForwardBytes(per_sample.total // 2, per_sample.largest // 2)
     data = config.data
-    size = (f"data.image_size={data.image_size}" if data.image_size is not None
+    size = (f"data.image_size={data.size}" if data.size is not None
             else f"{image_shape[1]}x{image_shape[2]} images")
     where = "CPU memory" if device.type == "cpu" else f"on {device}"
     available = f"but {_gib(free)} is available ({where})"

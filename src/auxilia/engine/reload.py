@@ -20,6 +20,12 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     p = Path(path)
     if p.is_dir():
         candidate = p / "checkpoints" / f"{which}.pt"
+        other = p / "checkpoints" / ("last.pt" if which == "best" else "best.pt")
+        if not candidate.exists() and other.exists():
+            why = ("no evaluation selected a best checkpoint (e.g. the validation loss was "
+                   "never finite)" if which == "best" else "last.pt is missing")
+            raise CheckpointError(f"{p} has no checkpoints/{which}.pt: {why}; use "
+                                  f"--checkpoint {other.stem} for {other}")
         if not candidate.exists():
             raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
                                   "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")

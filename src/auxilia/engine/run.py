@@ -18,15 +18,17 @@ import torch
 from torch import nn
 
 from auxilia.config import Config, check_run_name
+from auxilia.data.sources import describe_splits
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
+from auxilia.engine.auto import AUTO, resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, LoopState, run_loop
 from auxilia.engine.optim import build_optimizer
 from auxilia.engine.runlog import MetricsLog, RunFolder
-from auxilia.engine.setup import Setup, build_setup
+from auxilia.engine.setup import Setup, build_setup, pick_device
 from auxilia.engine.signals import StopFlag
 from auxilia.report import plot_curves, summarize
 
@@ -79,13 +81,20 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
             file, and the previous checkpoint is intact.
     """
+    config, choice = _resolve(config, data)
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
-    folder.check(resume=resume, overwrite=overwrite)  # read-only: fail before any work
+    if not resume:
+        folder.check(resume=False, overwrite=overwrite)  # read-only: fail before any work
     with StopFlag() as stop:
         if resume:
-            with folder.lock():
+            if not folder.path.is_dir():
+                folder.check(resume=True, overwrite=False)  # names the missing folder
+            with folder.lock():  # a run still writing its first checkpoint is named as such
+                folder.check(resume=True, overwrite=False)
                 return _resume(config, folder, data, callbacks, stop)
         setup = build_setup(config, data)  # fails on bad names before any folder is touched
+        if choice:
+            setup.data.notes.insert(0, choice)
         optimizer = build_optimizer(setup.model, config.optim)
         stream = _stream(setup)
         with folder.lock():
@@ -106,12 +115,23 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
                 raise
 
 
+def _resolve(config: Config, data: DatasetSplits | None) -> tuple[Config, str | None]:
+    """``model.name`` and ``data.image_size`` from ``auto`` to what fits the data and device."""
+    if AUTO not in (config.model.name, config.data.image_size):
+        return config, None
+    return resolve_for(config, data, pick_device(config.train.device))
+
+
 def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
             callbacks: Sequence[Callback], stop: StopFlag) -> RunResult:
     """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
     folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last)
     run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
+    if config.run.progress != "off":
+        total = config.train.steps or f"{config.train.epochs:g} epochs of"
+        print(f"resuming {folder.path} from step {checkpoint['loop']['step']} "
+              f"(of {total} steps; {folder.last})", flush=True)
     setup = build_setup(config, data)
     note = check_same_data(checkpoint, setup.data, folder.path)
     if note:
@@ -139,6 +159,10 @@ def _train_from(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStr
                 stop: StopFlag, *, resumed: bool) -> RunResult:
     config = setup.config
     if config.run.progress != "off":
+        print(f"data: {config.data.source}, {setup.data.num_classes} classes, images "
+              f"{'x'.join(map(str, setup.data.image_shape))}", flush=True)
+        for line in describe_splits(setup.data):
+            print(f"  {line}", flush=True)
         for note in setup.data.notes:
             print(f"note: {note}", flush=True)
     log = MetricsLog(folder, tensorboard=config.run.tensorboard,
@@ -182,6 +206,9 @@ def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
                    "trainable": sum(p.numel() for p in setup.model.parameters()
                                     if p.requires_grad)},
         "exits": list(setup.model.exits), "methods": [m.name for m in cfg.method],
+        "splits": {name: {"count": len(split), "origin": setup.data.origins.get(name, "")}
+                   for name in ("train", "val", "test", "unlabeled")
+                   if (split := getattr(setup.data, name)) is not None},
         "notes": setup.data.notes,
     })
     run_state.write_json(folder.summary, summary)

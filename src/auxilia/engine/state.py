@@ -79,8 +79,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_compatible(saved: dict[str, Any], given: dict[str, Any], path: Path) -> None:
     """Refuse to resume when the configs differ in anything but :data:`RESUMABLE_CHANGES`."""
     old, new = flatten(saved), flatten(given)
+    # a key the saved config lacks was added to auxilia after the run started: it takes its
+    # default, so it is not a difference
     differ = [k for k in sorted(set(old) | set(new))
-              if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+              if k in old and old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if differ:
         lines = [f"  {k}: checkpoint has {old.get(k)!r}, config gives {new.get(k)!r}"
                  for k in differ]

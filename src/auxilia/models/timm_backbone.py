@@ -39,13 +39,37 @@ def _check_timm_name(name: str) -> None:
 
 
 def _create(name: str, image_size: int, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with ``img_size`` for the models that take it (ViT, Mixer, ...)."""
+    """``timm.create_model`` with ``img_size`` for the models that take it (ViT, Mixer, ...).
+
+    Raises:
+        ValueError: ``pretrained`` weights that are not in the local cache: auxilia never
+            downloads at run time, and the message says how to give a local file instead.
+    """
     try:
-        return timm.create_model(name, img_size=image_size, **kwargs)
-    except TypeError as err:
-        if "img_size" not in str(err):
-            raise
-        return timm.create_model(name, **kwargs)
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+            return timm.create_model(name, **kwargs)
+    except Exception as err:
+        if kwargs.get("pretrained") and _is_download_error(err):
+            raise ValueError(
+                f"model.pretrained=true: the weights of timm/{name} are not in this machine's "
+                "cache and auxilia does not download weights at run time; pass a local "
+                "state_dict file with model.weights=PATH (.safetensors, .pth or .pt; e.g. "
+                "saved once on a machine with network access) and model.pretrained=false, "
+                "or train from scratch with model.pretrained=false") from None
+        raise
+
+
+def _is_download_error(err: BaseException) -> bool:
+    """Whether ``err`` comes from fetching weights (hub look-up, cache miss, no network)."""
+    module = type(err).__module__
+    text = str(err).lower()
+    return (module.startswith(("huggingface_hub", "requests", "urllib3", "urllib"))
+            or any(k in text for k in ("local cache", "offline", "connection", "download",
+                                       "hub")))
 
 
 def _to_nchw(final: torch.Tensor, last: torch.Tensor, output_fmt: str) -> torch.Tensor:

@@ -1,0 +1,150 @@
+"""Defaults that fit the data: the model and input size when the config names neither.
+
+``model.name: auto`` (the default) and ``data.image_size: auto`` (the default) are resolved
+before anything is built, from the training images' shape (read from a few file headers for
+image folders and CSVs, without decoding) and the training device:
+
+| training images | device | model | input size |
+|---|---|---|---|
+| at most 16 px | any | ``small_cnn`` | native |
+| 17-36 px, one channel | any | ``small_cnn`` | native |
+| 17-36 px, RGB | any | ``resnet20`` | native |
+| larger than 36 px | CPU | ``resnet20`` | 32 px |
+| larger than 36 px | GPU | ``resnet18`` (3x3 stem) | 64 px |
+
+"Native" is the median side when the images differ in size (they must share one to be
+stacked). A named model keeps the images' native size; a named size picks the model by the
+same table. The resolved config is what the run folder and its checkpoints record.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import statistics
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from auxilia.config import Config
+from auxilia.data.config import DataConfig
+from auxilia.data.raw import DataError
+from auxilia.data.types import DatasetSplits
+
+__all__ = ["AUTO", "choose", "native_shape", "resolve_auto", "resolve_for"]
+
+AUTO = "auto"
+SMALL, CPU_SIZE, GPU_SIZE = 36, 32, 64
+_PEEK = 64  # file headers read to learn the images' size
+
+_ARRAY_SHAPES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28),
+                 "cifar10": (3, 32), "cifar100": (3, 32), "svhn": (3, 32), "stl10": (3, 96)}
+
+
+def choose(channels: int, side: int, gpu: bool, size_given: bool) -> tuple[str, int | None]:
+    """The table above: ``(model name, input size or None for native)``."""
+    if side <= 16 or (side <= SMALL and channels == 1):
+        return "small_cnn", None
+    if side <= SMALL or size_given:
+        return "resnet20", None
+    return ("resnet18", GPU_SIZE) if gpu else ("resnet20", CPU_SIZE)
+
+
+def _train_files(cfg: DataConfig) -> list[Path]:
+    from auxilia.data import folders
+
+    if cfg.source == "folder" and cfg.root is not None:
+        root = Path(cfg.root).expanduser()
+        train = folders._split_folders(root).get("train", root)
+        return folders._scan_classes(train, None)[1]
+    if cfg.source == "csv" and cfg.csv is not None:
+        path = Path(cfg.csv.train).expanduser()
+        path = Path(cfg.root) / path if cfg.root and not path.is_absolute() else path
+        return folders._read_csv(path, cfg, "train", None)[0]
+    return []
+
+
+def native_shape(cfg: DataConfig) -> tuple[int, int, bool] | None:
+    """``(channels, median side, sizes differ)`` of the training images, or None if unknown.
+
+    Array datasets have a known shape; for image files a few headers are read (evenly spread
+    over the training files). Problems with the data are left to the loader to report.
+    """
+    if cfg.source in _ARRAY_SHAPES:
+        channels, side = _ARRAY_SHAPES[cfg.source]
+        return channels, side, False
+    try:
+        files = _train_files(cfg)
+    except (DataError, OSError):
+        return None
+    step = max(1, len(files) // _PEEK)
+    sides = []
+    for path in files[::step][:_PEEK]:
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue  # a FIFO or device is never opened; the decoder names it
+            with Image.open(path) as im:  # reads the header only
+                sides.append(max(im.size))
+        except (OSError, ValueError):
+            continue
+    if not sides:
+        return None
+    return (1 if cfg.grayscale else 3), int(statistics.median(sides)), len(set(sides)) > 1
+
+
+def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None = None
+                 ) -> tuple[Config, str | None]:
+    """Replace ``auto`` in ``model.name`` and ``data.image_size`` by what fits the data.
+
+    Args:
+        config: a validated config.
+        gpu: whether training runs on a GPU.
+        shape: the images' ``(channels, side, sizes differ)``; read with :func:`native_shape`
+            when None.
+
+    Returns:
+        ``(resolved config, a line saying what was chosen and how to choose otherwise)``; the
+        line is None when nothing was automatic.
+    """
+    model_auto = config.model.name == AUTO
+    size_auto = config.data.image_size == AUTO
+    if not model_auto and not size_auto:
+        return config, None
+    if not model_auto:  # a named model keeps the native size
+        return _with(config, config.model.name, "native"), None
+    shape = shape if shape is not None else native_shape(config.data)
+    if shape is None:  # unknown images: the loader will say what is wrong with the data
+        return _with(config, "small_cnn", config.data.image_size if not size_auto
+                     else "native"), None
+    channels, side, differ = shape
+    if size_auto:
+        name, size = choose(channels, side, gpu, size_given=False)
+        if size is None and differ:
+            size = side  # one size is needed to stack them: the median side
+    else:  # a named size (or native) picks the model
+        size = config.data.size
+        name, _ = choose(channels, size or side, gpu, size_given=True)
+    shown = f"{size}x{size}" if size else f"{side}x{side} (native)"
+    line = (f"auto: model {name} at {shown} for {'mostly ' if differ else ''}{side}x{side} "
+            f"{'grey' if channels == 1 else 'RGB'} images, training on {'GPU' if gpu else 'CPU'}"
+            "; choose with model.name=... and data.image_size=...")
+    return _with(config, name, size if size is not None else "native"), line
+
+
+def _with(config: Config, model: str, size: int | str) -> Config:
+    data = config.data.model_copy(update={"image_size": size})
+    return config.model_copy(update={"model": config.model.model_copy(update={"name": model}),
+                                     "data": data})
+
+
+def resolve_for(config: Config, data: DatasetSplits | None, device: torch.device
+                ) -> tuple[Config, str | None]:
+    """:func:`resolve_auto` for ``device``; already loaded ``data`` decides the input size."""
+    gpu = device.type == "cuda"
+    if data is None:
+        return resolve_auto(config, gpu)
+    channels, side, _ = data.image_shape
+    sized = config.model_copy(update={"data": config.data.model_copy(
+        update={"image_size": side})})
+    return resolve_auto(sized, gpu, shape=(channels, side, False))
