@@ -6,14 +6,11 @@ Every section forbids unknown keys. Errors are collected and reported together a
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-import annotated_types as at
 import yaml
 from pydantic import (
-    BaseModel,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -21,8 +18,10 @@ from pydantic import (
     model_validator,
 )
 
+from auxilia.config_errors import describe as _describe
+from auxilia.config_errors import suggest as _suggest
 from auxilia.data.config import DataConfig, Strict
-from auxilia.paths import regular_file
+from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
 
 SEED_MAX = 2**32 - 1
@@ -276,7 +275,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             valid YAML, or not a mapping; the message names the file.
     """
     p = regular_file(path, "config file", ConfigError)
-    text = decode_text(p.read_bytes(), p)
+    text = decode_text(p.read_bytes(), f"{p}:", ConfigError)
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -287,41 +286,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: the top level must be a mapping of sections, "
                           f"got {type(data).__name__}")
     return data
-
-
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
-         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"), (b"\xef\xbb\xbf", "utf-8"))
-"""Byte-order marks, UTF-32's first: its little-endian mark starts with UTF-16's."""
-
-
-def decode_text(raw: bytes, path: Path) -> str:
-    """Decodes a text file: UTF-8 (optional BOM), or UTF-16/UTF-32 announced by a BOM.
-
-    Args:
-        raw: the file's bytes.
-        path: the file, for the message.
-
-    Returns:
-        The text, without its byte-order mark.
-
-    Raises:
-        ConfigError: ``FILE: not UTF-8 text (byte 0x.. at position N); save it as UTF-8``.
-            A NUL byte counts as not UTF-8: it is how UTF-16 without a BOM looks.
-    """
-    bom, encoding = next(((b, e) for b, e in _BOMS if raw.startswith(b)), (b"", "utf-8"))
-    nul = raw.find(b"\x00", len(bom)) if encoding == "utf-8" else -1
-    try:  # up to the first NUL: whichever bad byte comes first is the one named
-        text = raw[len(bom):nul if nul >= 0 else None].decode(encoding)
-    except UnicodeDecodeError as err:
-        name = ("UTF-8 text" if encoding == "utf-8"
-                else f"{encoding[:6].upper()} text despite its byte-order mark")
-        at = len(bom) + err.start
-        raise ConfigError(f"{path}: not {name} (byte 0x{raw[at]:02x} at position {at}); "
-                          "save it as UTF-8") from None
-    if nul >= 0:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x00 at position {nul}); "
-                          "save it as UTF-8")
-    return text
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -439,80 +403,4 @@ def _too_large(value: Any) -> str:
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list | tuple):
             stack.extend((v, depth + 1) for v in node)
-    return ""
-
-
-def _suggest(name: str, valid: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _describe(err: ValidationError, root: type[BaseModel]) -> list[str]:
-    """Turn pydantic's errors into one line each: path, problem, and the fix."""
-    lines = []
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"]]
-        path = _dotted(e["loc"])
-        if e["type"] == "extra_forbidden":
-            valid = _fields_at(root, loc[:-1])
-            hint = _suggest(loc[-1], valid)
-            lines.append(f"{path}: unknown key{hint}; valid keys here: {', '.join(valid)}")
-        elif e["type"] == "value_error":
-            lines.append(f"{path or 'config'}: {e['msg'].removeprefix('Value error, ')}")
-        else:
-            expected = _expected(root, loc)
-            got = e.get("input")
-            lines.append(f"{path}: {e['msg']}" + (f" (expected {expected}" if expected else " (")
-                         + f"{', ' if expected else ''}got {got!r})")
-    return lines
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for x in loc:
-        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
-    return out
-
-
-def _model_at(root: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
-    model: Any = root
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        model = field.annotation
-        model = next((a for a in getattr(model, "__args__", ()) if isinstance(a, type)
-                      and issubclass(a, BaseModel)), model)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _fields_at(root: type[BaseModel], loc: list[str]) -> list[str]:
-    model = _model_at(root, loc)
-    return sorted(model.model_fields) if model else []
-
-
-def _expected(root: type[BaseModel], loc: list[str]) -> str:
-    parent = _model_at(root, loc[:-1])
-    if parent is None or loc[-1] not in parent.model_fields:
-        return ""
-    field = parent.model_fields[loc[-1]]
-    ann = field.annotation
-    if get_origin(ann) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(ann))
-    name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-    return name + _bounds(field.metadata)
-
-
-def _bounds(metadata: list[Any]) -> str:
-    """A field's numeric bounds as text: `` in [0, 4294967295]``, `` > 0``, or ``""``."""
-    low = next((("[", m.ge) if isinstance(m, at.Ge) else ("(", m.gt) for m in metadata
-                if isinstance(m, at.Ge | at.Gt)), None)
-    high = next(((m.le, "]") if isinstance(m, at.Le) else (m.lt, ")") for m in metadata
-                 if isinstance(m, at.Le | at.Lt)), None)
-    if low and high:
-        return f" in {low[0]}{low[1]}, {high[0]}{high[1]}"
-    if low:
-        return f" {'>=' if low[0] == '[' else '>'} {low[1]}"
-    if high:
-        return f" {'<=' if high[1] == ']' else '<'} {high[0]}"
     return ""

@@ -74,3 +74,38 @@ def regular_file(path: str | os.PathLike[str], what: str,
 def _fail(error: type[Exception] | None, default: type[Exception], message: str) -> Exception:
     """The exception to raise: ``error(message)`` when given, else ``default(message)``."""
     return (error or default)(message)
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"), (b"\xef\xbb\xbf", "utf-8"))
+"""Byte-order marks, UTF-32's first: its little-endian mark starts with UTF-16's."""
+
+
+def decode_text(raw: bytes, where: str, error: type[Exception] = ValueError) -> str:
+    """Decodes a text file: UTF-8 (optional BOM), or UTF-16/UTF-32 announced by a BOM.
+
+    Args:
+        raw: the file's bytes.
+        where: how the message starts, naming the file (``"FILE:"``, ``"train CSV FILE is"``).
+        error: the exception class raised (``ConfigError``, ``DataError``, ...).
+
+    Returns:
+        The text, without its byte-order mark.
+
+    Raises:
+        Exception: an ``error``: ``<where> not UTF-8 text (byte 0x.. at position N); save it
+            as UTF-8``. A NUL byte counts as not UTF-8: it is how UTF-16 without a BOM looks.
+    """
+    bom, encoding = next(((b, e) for b, e in _BOMS if raw.startswith(b)), (b"", "utf-8"))
+    nul = raw.find(b"\x00", len(bom)) if encoding == "utf-8" else -1
+    try:  # up to the first NUL: whichever bad byte comes first is the one named
+        text = raw[len(bom):nul if nul >= 0 else None].decode(encoding)
+    except UnicodeDecodeError as err:
+        name = ("UTF-8 text" if encoding == "utf-8"
+                else f"{encoding[:6].upper()} text despite its byte-order mark")
+        at = len(bom) + err.start
+        raise error(f"{where} not {name} (byte 0x{raw[at]:02x} at position {at}); "
+                    "save it as UTF-8") from None
+    if nul >= 0:
+        raise error(f"{where} not UTF-8 text (byte 0x00 at position {nul}); save it as UTF-8")
+    return text

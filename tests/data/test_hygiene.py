@@ -184,9 +184,10 @@ def test_a_fifo_among_the_images_is_refused_not_read(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_csv_that_is_a_fifo_or_a_folder_is_refused(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "train.csv")
-    with pytest.raises(DataError, match="is not a regular file"):
+    with pytest.raises(DataError, match=r"train CSV .*train\.csv is a FIFO \(named pipe\), not "
+                                        r"a regular file"):
         load_dataset(DataConfig(source="csv", csv=CsvFiles(train=str(tmp_path / "train.csv"))))
-    with pytest.raises(DataError, match="is not a regular file"):
+    with pytest.raises(DataError, match=r"train CSV .* is a directory, not a file"):
         load_dataset(DataConfig(source="csv", csv=CsvFiles(train=str(tmp_path))))
 
 

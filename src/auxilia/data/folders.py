@@ -8,16 +8,14 @@ a byte-order mark) or UTF-16 with a byte-order mark.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
-import os
-import stat
 from pathlib import Path
 
 from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS, _files_to_raw
 from auxilia.data.raw import DataError, RawData
+from auxilia.paths import decode_text, regular_file
 
 __all__ = ["SPLIT_NAMES", "load_csv", "load_folder"]
 
@@ -167,30 +165,14 @@ def load_folder(cfg: DataConfig) -> RawData:
 
 
 def read_text_file(path: Path, what: str) -> str:
-    """The text of a UTF-8 (optionally with BOM) or BOM-marked UTF-16 file.
+    """The text of a UTF-8 (optionally with BOM) or BOM-marked UTF-16/UTF-32 file.
 
     Raises:
         DataError: missing, not a regular file (a FIFO is never opened for reading), or not
             in one of those encodings; the message names the file and the fix.
     """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}") from None
-    except OSError as err:
-        raise DataError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{what} {path} is not a regular file (a folder, FIFO or device); "
-                        "point it at a CSV file")
-    data = path.read_bytes()
-    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) \
-        else "utf-8-sig"
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{what} {path} is not {encoding.removesuffix('-sig').upper()} text "
-                        f"(byte 0x{data[err.start]:02x} at position {err.start}); save it as "
-                        "UTF-8") from None
+    regular_file(path, what, DataError)
+    return decode_text(path.read_bytes(), f"{what} {path} is", DataError)
 
 
 def _read_csv(path: Path, cfg: DataConfig, split: str, classes: list[str] | None

@@ -141,6 +141,8 @@ def _with(config: Config, model: str, size: int | str) -> Config:
 def resolve_for(config: Config, data: DatasetSplits | None, device: torch.device
                 ) -> tuple[Config, str | None]:
     """:func:`resolve_auto` for ``device``; already loaded ``data`` decides the input size."""
+    if AUTO not in (config.model.name, config.data.image_size):
+        return config, None
     gpu = device.type == "cuda"
     if data is None:
         return resolve_auto(config, gpu)

@@ -22,7 +22,7 @@ from auxilia.data.sources import describe_splits
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
-from auxilia.engine.auto import AUTO, resolve_for
+from auxilia.engine.auto import resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, LoopState, run_loop
@@ -81,7 +81,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
             file, and the previous checkpoint is intact.
     """
-    config, choice = _resolve(config, data)
+    config, choice = resolve_for(config, data, pick_device(config.train.device))
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
     if not resume:
         folder.check(resume=False, overwrite=overwrite)  # read-only: fail before any work
@@ -113,13 +113,6 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
                     print(f"the new run stopped before its first checkpoint; the previous run "
                           f"is back in {folder.path}", file=sys.stderr)
                 raise
-
-
-def _resolve(config: Config, data: DatasetSplits | None) -> tuple[Config, str | None]:
-    """``model.name`` and ``data.image_size`` from ``auto`` to what fits the data and device."""
-    if AUTO not in (config.model.name, config.data.image_size):
-        return config, None
-    return resolve_for(config, data, pick_device(config.train.device))
 
 
 def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,

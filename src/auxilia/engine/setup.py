@@ -14,7 +14,7 @@ from auxilia.config import Config, ConfigError
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits
 from auxilia.data.views import build_view
-from auxilia.engine.auto import AUTO, resolve_for
+from auxilia.engine.auto import resolve_for
 from auxilia.engine.memory import check_step_memory
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
@@ -106,8 +106,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
             (:func:`auxilia.engine.memory.check_step_memory`).
     """
     device = pick_device(config.train.device)
-    if AUTO in (config.model.name, config.data.image_size):  # (``train`` resolves it first)
-        config, _ = resolve_for(config, data, device)
+    config, _ = resolve_for(config, data, device)  # ``auto`` left (``train`` resolves first)
     if data is None:
         data = load_dataset(config.data, seed=config.seed)
     seed_everything(config.seed, config.train.deterministic)
