@@ -1,4 +1,4 @@
-"""Command line: ``auxilia train | eval | export | list``."""
+"""Command line: ``auxilia train | rounds | eval | export | list``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue a run exactly from its last checkpoint (the run folder, or the "
                         "one the config names)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("rounds", help="train a pipeline of rounds (e.g. pretrain, then "
+                                      "fine-tune), skipping finished ones and resuming the rest")
+    p.add_argument("pipeline", metavar="PIPELINE.yaml",
+                   help="the pipeline file: name, base config, overrides, rounds")
+    p.add_argument("items", nargs="*", metavar="key=value",
+                   help="overrides for every round, applied after the rounds' own")
+    p.set_defaults(func=_rounds)
 
     p = sub.add_parser("eval", help="evaluate every exit of a run folder or checkpoint")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT")
@@ -110,6 +118,19 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"--resume {args.resume} but the config's run folder is {folder}")
     result = train(config, resume=args.resume is not None, overwrite=args.overwrite)
     _print_summary(result.summary)
+    return 0
+
+
+def _rounds(args: argparse.Namespace) -> int:
+    from auxilia.engine.rounds import load_pipeline, run_pipeline
+
+    bad = [item for item in args.items if "=" not in item]
+    if bad:
+        raise ValueError(f"auxilia rounds takes one pipeline file, then key=value overrides; "
+                         f"got {' '.join(bad)}")
+    for r in run_pipeline(load_pipeline(args.pipeline, args.items)):
+        print(f"{r.name:16s} {r.status:8s} val top1 {_fmt(r.val_top1):>6s}  "
+              f"test top1 {_fmt(r.test_top1):>6s}  {r.run_dir}")
     return 0
 
 

@@ -20,9 +20,10 @@ from pydantic import (
 
 from auxilia.config_errors import describe as _describe
 from auxilia.config_errors import suggest as _suggest
-from auxilia.data.config import DataConfig, Strict
+from auxilia.data.config import DataConfig
 from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
+from auxilia.strict import Strict
 
 SEED_MAX = 2**32 - 1
 """Seeds are integers in ``[0, SEED_MAX]``: what ``numpy.random.seed`` accepts (torch takes more,

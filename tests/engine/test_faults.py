@@ -23,7 +23,7 @@ import torch
 
 from auxilia.cli import main as cli
 from auxilia.config import Config, load_config
-from auxilia.engine import NonFiniteLossError, RunResult, checkpoint, loop, run, train
+from auxilia.engine import NonFiniteLossError, RunResult, checkpoint, run, selection, train
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.runlog import MetricsLog, RunFolder
 
@@ -83,7 +83,7 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(
     ref = RunFolder(reference.run_dir)
     improved, best = set(), None
     for record in _evals(ref):  # which evaluations of the reference wrote best.pt
-        if loop._is_better(record, best):
+        if selection.is_better(record, best):
             improved.add(record["step"])
             best = {"val": {k[4:]: v for k, v in record.items() if k.startswith("val/")}}
 

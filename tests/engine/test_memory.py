@@ -15,7 +15,7 @@ from auxilia.cli import main
 from auxilia.config import ConfigError, load_config
 from auxilia.data.raw import DataError
 from auxilia.engine import memory, train
-from auxilia.engine.loop import forward_all, make_batch
+from auxilia.engine.batch import forward_all, make_batch
 from auxilia.engine.optim import build_optimizer
 from auxilia.engine.setup import build_setup
 from auxilia.models.multi_exit import MultiExitModel

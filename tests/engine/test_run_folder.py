@@ -15,7 +15,8 @@ import pytest
 
 from auxilia.cli import main as cli
 from auxilia.config import ConfigError, load_config
-from auxilia.engine import NonFiniteLossError, loop, train
+from auxilia.engine import NonFiniteLossError, selection, train
+from auxilia.engine import batch as batch_module
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.runfolder import MARKER, RunFolder, RunFolderError, RunLock, RunLockedError
 
@@ -101,8 +102,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_old_run_as_it_w
     else:
         def abort(step: int, losses: dict[str, float]) -> None:
             if step == 2:
-                loop.signal.raise_signal(signal.SIGINT)
-                loop.signal.raise_signal(signal.SIGINT)  # the second one aborts at once
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)  # the second one aborts at once
         with pytest.raises(KeyboardInterrupt):
             train(tiny_config("run.name=r", "train.steps=50", "train.eval_every=40"),
                   overwrite=True, callbacks=[abort])
@@ -187,22 +188,22 @@ def test_resume_with_overrides_names_only_the_keys_they_change(
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_validation_is_never_selected(bad: float) -> None:
     good = {"val/final/top1": 50.0, "val/loss": 1.0}
-    assert loop._is_better(good, None)
-    assert not loop._is_better({"val/final/top1": 90.0, "val/loss": bad}, None)
-    assert not loop._is_better({"val/final/top1": bad, "val/loss": 0.5}, None)
+    assert selection.is_better(good, None)
+    assert not selection.is_better({"val/final/top1": 90.0, "val/loss": bad}, None)
+    assert not selection.is_better({"val/final/top1": bad, "val/loss": 0.5}, None)
     best = {"val": {"final/top1": 50.0, "loss": 1.0}}
-    assert not loop._is_better({"val/final/top1": 99.0, "val/loss": bad}, best)
+    assert not selection.is_better({"val/final/top1": 99.0, "val/loss": bad}, best)
 
 
 def test_a_run_whose_validation_is_never_finite_selects_nothing_and_writes_strict_json(
         tiny_config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         ) -> None:
-    real = loop.evaluate
+    real = selection.evaluate
 
     def nan_loss(*args: object, **kwargs: object) -> dict[str, float]:
         return {**real(*args, **kwargs), "loss": math.nan}
 
-    monkeypatch.setattr(loop, "evaluate", nan_loss)
+    monkeypatch.setattr(selection, "evaluate", nan_loss)
     result = train(tiny_config("run.name=r", "train.steps=4", "train.eval_every=2"))
     assert result.summary["best_val"] is None
     assert not (result.run_dir / "checkpoints" / "best.pt").exists()
@@ -297,7 +298,7 @@ def test_a_killed_overwrite_keeps_the_old_run_aside_and_says_where(tiny_config) 
 
 def test_skipped_steps_stay_out_of_the_logged_averages(tiny_config,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = loop.forward_all, [0]
+    real, calls = batch_module.forward_all, [0]
 
     def poisoned(*args: object, **kwargs: object) -> dict:
         calls[0] += 1
@@ -307,7 +308,7 @@ def test_skipped_steps_stay_out_of_the_logged_averages(tiny_config,
             main["logits"] = main["logits"] * float("nan")
         return outputs
 
-    monkeypatch.setattr(loop, "forward_all", poisoned)
+    monkeypatch.setattr(batch_module, "forward_all", poisoned)
     result = train(tiny_config("run.name=r", "train.on_nonfinite=skip", "train.steps=15",
                                "train.log_every=5", "train.eval_every=100"))
     assert result.summary["skipped_steps"] == 8

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
 
 from auxilia.cli import main as cli
 from auxilia.config import load_config
 from auxilia.engine import NonFiniteLossError, train
+from auxilia.engine.batch import make_batch
 from auxilia.engine.checkpoint import load_checkpoint
-from auxilia.engine.loop import LoopState, _step, make_batch
-from auxilia.engine.optim import build_optimizer
+from auxilia.engine.context import build_run
 from auxilia.engine.runlog import RunFolder, RunFolderError
 from auxilia.engine.setup import build_setup
 from auxilia.engine.state import IncompatibleResumeError
+from auxilia.models.multi_exit import MultiExitModel
 from auxilia.terms import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,29 +97,46 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config) -> None:
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+def _built(config):
+    run = build_run(build_setup(config))
+    run.folder = RunFolder(Path(config.run.dir) / "x")
+    return run
+
+
 def test_nonfinite_steps_can_be_skipped(tiny_config) -> None:
-    config = tiny_config("train.on_nonfinite=skip")
-    setup = build_setup(config)
-    optimizer = build_optimizer(setup.model, config.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    loop, folder = LoopState(), RunFolder(Path(config.run.dir) / "x")
-    wanted, models = setup.objective.inputs(), {"student": setup.model}
-    before = [p.detach().clone() for p in setup.model.parameters()]
-    batch = make_batch(setup, torch.arange(16))
+    run = _built(tiny_config("train.on_nonfinite=skip"))
+    model = run.student
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = make_batch(run.setup, torch.arange(16))
     batch["x_lb"][0, 0, 0, 0] = float("nan")
-    _step(setup, optimizer, scaler, models, wanted, batch, Progress(0, 2, 1), loop, folder)
-    assert loop.skipped_steps == 1
-    assert all(torch.equal(a, b) for a, b in zip(before, setup.model.parameters(), strict=True))
-    batch = make_batch(setup, torch.arange(16))
-    _step(setup, optimizer, scaler, models, wanted, batch, Progress(1, 2, 1), loop, folder)
-    assert loop.skipped_steps == 1
-    assert not all(torch.equal(a, b) for a, b in zip(before, setup.model.parameters(),
-                                                      strict=True))
+    assert not run.objective.step(run, batch, Progress(0, 2, 1)).committed
+    assert run.loop.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    batch = make_batch(run.setup, torch.arange(16))
+    assert run.objective.step(run, batch, Progress(1, 2, 1)).committed
+    assert run.loop.skipped_steps == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_bf16_autocast_trains(tiny_config) -> None:
-    result = train(tiny_config("train.amp=true", "model.channels_last=true", "train.steps=20"))
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        # training forwards only: evaluation and the memory estimate (on "meta") run too
+        if isinstance(module, MultiExitModel) and module.training:
+            logits = output["final"]["logits"]  # type: ignore[index]
+            if logits.device.type != "meta":
+                seen.append((torch.is_autocast_enabled(logits.device.type), logits.dtype))
+
+    handle = register_module_forward_hook(record)
+    try:
+        result = train(tiny_config("train.amp=true", "model.channels_last=true",
+                                   "train.steps=20"))
+    finally:
+        handle.remove()
     assert result.summary["steps"] == 20
+    # the step counter alone would pass with autocast a no-op: the forwards must be in bf16
+    assert seen == [(True, torch.bfloat16)] * 20
 
 
 def test_cli_train_eval_and_list(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -156,12 +175,8 @@ def test_offline_linear_probe_on_a_previous_runs_backbone(tiny_config) -> None:
 
 
 def test_gradient_clipping_bounds_the_global_norm(tiny_config) -> None:
-    config = tiny_config("optim.grad_clip=0.001")
-    setup = build_setup(config)
-    optimizer = build_optimizer(setup.model, config.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    batch = make_batch(setup, torch.arange(16))
-    _step(setup, optimizer, scaler, {"student": setup.model}, setup.objective.inputs(), batch,
-          Progress(0, 2, 1), LoopState(), RunFolder(Path(config.run.dir) / "x"))
-    grads = [p.grad for p in setup.model.parameters() if p.grad is not None]
+    run = _built(tiny_config("optim.grad_clip=0.001"))
+    batch = make_batch(run.setup, torch.arange(16))
+    assert run.objective.step(run, batch, Progress(0, 2, 1)).committed
+    grads = [p.grad for p in run.student.parameters() if p.grad is not None]
     assert float(torch.nn.utils.get_total_norm(grads)) <= 0.001 * 1.0001

@@ -37,25 +37,42 @@ def test_strip_gives_the_main_exit_without_heads() -> None:
         sum(p.numel() for p in model.parameters()) - head_params)
 
 
-def test_heads_attach_and_detach_by_name() -> None:
+def test_heads_attach_and_are_removed_by_name() -> None:
     model = _model()
     model.attach(HeadSpec("s3", "logits", "classifier"))
     assert "logits" in model(torch.randn(1, 3, 32, 32))["s3"]
     with pytest.raises(ValueError, match="already has a 'logits' head"):
         model.attach(HeadSpec("s3", "logits", "classifier"))
-    model.detach("s3", "logits")
+    model.remove_head("s3", "logits")
     assert "logits" not in model(torch.randn(1, 3, 32, 32))["s3"]
+    with pytest.raises(KeyError, match="no 'logits' head on exit 's3'"):
+        model.remove_head("s3", "logits")
     with pytest.raises(ValueError, match="no exit 's9'; exits: s1, s2, s3, final"):
         model.attach(HeadSpec("s9", "logits", "classifier"))
     with pytest.raises(ValueError, match="unknown head kind 'mlp'"):
         model.attach(HeadSpec("s1", "proj", "mlp"))
 
 
-def test_probe_detaches_the_classifier_input() -> None:
-    model = MultiExitModel(create_backbone("resnet8", in_chans=3), 10, probe=True)
-    model(torch.randn(2, 3, 32, 32))["final"]["logits"].sum().backward()
+def test_a_probe_head_is_the_classifier_on_detached_features() -> None:
+    torch.manual_seed(0)
+    model = MultiExitModel(create_backbone("resnet8", in_chans=3), 10,
+                           [HeadSpec("final", "probe", "probe")])
+    plain = MultiExitModel(create_backbone("resnet8", in_chans=3), 10)
+    plain.load_state_dict(model.state_dict())  # the marker adds no keys: loads both ways
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert not list(model.heads.parameters())
+    outs = model(torch.randn(2, 3, 32, 32))
+    assert torch.equal(outs["final"]["probe"], outs["final"]["logits"])
+    outs["final"]["probe"].sum().backward()
     assert model.classifier.weight.grad is not None
     assert all(p.grad is None for p in model.backbone.parameters())
+    outs = model(torch.randn(2, 3, 32, 32))
+    outs["final"]["logits"].sum().backward()  # the main logits still train the backbone
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.strip()(x), model(x)["final"]["logits"])
+    with pytest.raises(ValueError, match="'probe' head belongs on exit 'final', not 's1'"):
+        model.attach(HeadSpec("s1", "probe", "probe"))
 
 
 def test_frozen_backbone_keeps_batchnorm_statistics_in_training() -> None:

@@ -1,50 +1,223 @@
-"""Every term of every registered recipe is non-zero and sends gradient where it must."""
+"""Every registered recipe, alone and in every combinable pair: each term is non-zero and sends
+gradient exactly where its references say, and combining never changes another term's gradient."""
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
 
 import pytest
 import torch
 
 from auxilia.config import load_config
-from auxilia.engine.loop import forward_all, make_batch
-from auxilia.engine.setup import build_setup
+from auxilia.data.types import DatasetSplits
+from auxilia.engine.batch import forward_all, make_batch
+from auxilia.engine.setup import Setup, build_setup
+from auxilia.models.multi_exit import MultiExitModel
 from auxilia.recipes import RECIPES
-from auxilia.terms import Progress
+from auxilia.terms import FeatureL2, KLDistill, Progress, Ref, Term
 
-# Terms that must NOT reach the backbone: a linear probe trains on detached features.
-PROBES = {"ce_probe"}
+BATCH = 16
+WHERE = Progress(30, 100, 10)
+TERM_CLASH = "two methods define a term 'ce' differently.*ce_weight"
+# Pairs that must refuse to combine, with the conflict their ValueError names. A pair that
+# starts (or stops) refusing fails the test: a new refusal is a decision, not an accident.
+REFUSALS: dict[tuple[str, str], str] = {
+    ("byot", "cds"): TERM_CLASH,  # BYOT's ce_weight 0.9 (1 − α) against 1.0
+    ("byot", "ddgsd"): TERM_CLASH,
+    ("byot", "deep_supervision"): TERM_CLASH,  # (their s1/s2 logits heads differ too)
+    ("byot", "supervised"): TERM_CLASH,
+}
+SINGLES = [(name,) for name in sorted(RECIPES)]
+PAIRS = list(itertools.combinations(sorted(RECIPES), 2))
+COMBINABLE = [pair for pair in PAIRS if pair not in REFUSALS]
+
+Built = tuple[Setup, dict[str, torch.Tensor], dict]
 
 
-def build(method: str, *extra: str):
-    config = load_config(None, [f"method={method}", "data.batch_size=32", "train.device=cpu",
-                                *extra])
-    setup = build_setup(config)
-    batch = make_batch(setup, torch.arange(32))
+def _config(method: str, *extra: str):
+    return load_config(None, [f"method={method}", f"data.batch_size={BATCH}",
+                              "train.device=cpu", *extra])
+
+
+def build(method: str, *extra: str, data: DatasetSplits | None = None) -> Built:
+    """Build a run, make the first batch and run the objective's forwards."""
+    setup = build_setup(_config(method, *extra), data)
+    batch = make_batch(setup, torch.arange(BATCH))
     outputs = forward_all({"student": setup.model}, setup.objective.inputs(), batch)
     return setup, batch, outputs
 
 
-@pytest.mark.parametrize("method", sorted(RECIPES))
-def test_every_term_is_nonzero_and_reaches_the_student(method: str) -> None:
-    setup, batch, outputs = build(method)
-    where = Progress(30, 100, 10)
-    for name, term in setup.objective.terms.items():
-        setup.model.zero_grad(set_to_none=True)
-        value = term.compute(outputs, batch, where)
-        assert torch.isfinite(value) and value.item() > 0, name
-        value.backward(retain_graph=True)
-        grads = {n: p.grad for n, p in setup.model.named_parameters()}
-        reached = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
-        assert reached, f"{method}.{name} sends no gradient at all"
-        backbone = any(n.startswith("backbone.") for n in reached)
-        assert backbone == (name not in PROBES), f"{method}.{name}: backbone gradient {backbone}"
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    """The default data (embedded digits, small_cnn), loaded once for every build here."""
+    return build_setup(_config("supervised")).data
 
+
+def _method(names: tuple[str, ...]) -> str:
+    return f"[{', '.join(names)}]"
+
+
+# --- where each term's gradient must go, derived from its references -----------------------
+
+def live_refs(term: Term) -> tuple[Ref, ...]:
+    """The references gradient flows through: a distillation target is detached."""
+    if isinstance(term, KLDistill):
+        return (term.student,)
+    if isinstance(term, FeatureL2):
+        return (term.student,)
+    return term.refs()
+
+
+def producers(model: MultiExitModel, x: torch.Tensor) -> dict[tuple[str, str], str]:
+    """(exit, field) → key of the head that writes it, a multi-output head's fields included."""
+    found = {(spec.exit, spec.field): key for key, spec in model.head_specs.items()}
+
+    def recorder(key: str):
+        def record(_module: torch.nn.Module, _args: object, out: object) -> None:
+            if isinstance(out, dict):  # e.g. BYOT's head: logits and hint
+                found.update({(model.head_specs[key].exit, f): key for f in out})
+        return record
+
+    handles = [head.register_forward_hook(recorder(key)) for key, head in model.heads.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def parts(ref: Ref, model: MultiExitModel, heads: Mapping[tuple[str, str], str]) -> set[str]:
+    """Parameter prefixes that gradient through ``ref`` must reach."""
+    if ref.model != "student":
+        return set()
+    if ref.field == "feat":
+        return {"backbone."}
+    if (ref.exit, ref.field) == ("final", "logits"):
+        return {"backbone.", "classifier."}
+    key = heads[(ref.exit, ref.field)]
+    if model.head_specs[key].kind == "probe":  # the main classifier on detached features
+        return {"classifier."}
+    return {"backbone.", f"heads.{key}."}
+
+
+def all_parts(model: MultiExitModel) -> set[str]:
+    return {"backbone.", "classifier."} | {
+        f"heads.{key}." for key, head in model.heads.items() if list(head.parameters())}
+
+
+def reached(model: MultiExitModel) -> set[str]:
+    """Prefixes of the parameters with a non-zero gradient."""
+    hit = {name for name, p in model.named_parameters()
+           if p.grad is not None and p.grad.abs().sum() > 0}
+    return {part for part in all_parts(model) if any(n.startswith(part) for n in hit)}
+
+
+def check_terms(label: str, built: Built) -> None:
+    setup, batch, outputs = built
+    model = setup.model
+    heads = producers(model, batch["x_lb"])
+    for name, term in setup.objective.terms.items():
+        model.zero_grad(set_to_none=True)
+        value = term.compute(outputs, batch, WHERE)
+        assert torch.isfinite(value) and value.item() > 0, f"{label}.{name} = {value}"
+        value.backward(retain_graph=True)
+        # a parameter-free head (CDS's projection of the last stage: pool + normalise) has
+        # nothing to reach
+        must = set().union(*(parts(r, model, heads) for r in live_refs(term))) & all_parts(model)
+        assert must, f"{label}.{name} reads nothing of the student"
+        assert reached(model) == must, f"{label}.{name}: gradient reaches {reached(model)}"
+
+
+@pytest.mark.parametrize("names", SINGLES + COMBINABLE, ids="+".join)
+def test_every_term_is_nonzero_and_sends_gradient_where_its_refs_say(
+        names: tuple[str, ...], digits: DatasetSplits) -> None:
+    check_terms("+".join(names), build(_method(names), data=digits))
+
+
+@pytest.mark.parametrize("pair", sorted(REFUSALS), ids="+".join)
+def test_refused_pairs_name_the_conflict(pair: tuple[str, str], digits: DatasetSplits) -> None:
+    with pytest.raises(ValueError, match=REFUSALS[pair]):
+        build(_method(pair), data=digits)
+
+
+# --- combining leaves every other term's gradient as it was ---------------------------------
+
+Grads = dict[str, dict[str, torch.Tensor]]
+
+
+def term_grads(setup: Setup, batch: dict, wanted: dict, names: list[str]) -> Grads:
+    """Term name → every parameter's gradient of that term, one forward on ``wanted`` views."""
+    saved = {k: v.clone() for k, v in setup.objective.state_dict().items()}
+    outputs = forward_all({"student": setup.model}, wanted, batch)
+    grads: Grads = {}
+    for name in names:
+        setup.model.zero_grad(set_to_none=True)
+        setup.objective.terms[name].compute(outputs, batch, WHERE).backward(retain_graph=True)
+        grads[name] = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                       for n, p in setup.model.named_parameters()}
+    setup.objective.load_state_dict(saved)  # PS-KD's bank: the next use sees it as it was
+    return grads
+
+
+@pytest.fixture(scope="module")
+def alone(digits: DatasetSplits):
+    """Method → (weights, first batch, its views, every term's gradient), built once each."""
+    cache: dict[str, tuple[dict, dict, dict, Grads]] = {}
+
+    def get(method: str) -> tuple[dict, dict, dict, Grads]:
+        if method not in cache:
+            setup, batch, _ = build(_method((method,)), data=digits)
+            wanted = setup.objective.inputs()
+            grads = term_grads(setup, batch, wanted, list(setup.objective.terms))
+            cache[method] = (setup.model.state_dict(), batch, wanted, grads)
+        return cache[method]
+
+    return get
+
+
+def check_unchanged(method: str, both: Setup, alone) -> None:
+    """Each term of ``method`` has, in the combination ``both``, the gradient it has alone."""
+    weights, batch, wanted, want = alone(method)
+    loaded = both.model.load_state_dict(weights, strict=False)
+    assert not loaded.unexpected_keys  # the same weights: only the other's heads are extra
+    # the same inputs: the method's own batch on its own views (BatchNorm sees the same samples)
+    got = term_grads(both, batch, wanted, list(want))
+    for name, grads in want.items():
+        for param, grad in grads.items():
+            assert torch.allclose(got[name][param], grad, atol=1e-7), (
+                f"{method}.{name} in {both.config.method}: gradient on {param} changed")
+
+
+@pytest.mark.parametrize("pair", COMBINABLE, ids="+".join)
+def test_combining_leaves_each_methods_gradients_as_they_were(
+        pair: tuple[str, str], digits: DatasetSplits, alone) -> None:
+    both, _, _ = build(_method(pair), data=digits)
+    for method in pair:
+        check_unchanged(method, both, alone)
+
+
+def test_metric_leaves_deep_supervisions_main_ce_on_the_backbone(
+        digits: DatasetSplits, alone) -> None:
+    """The linear probe once detached the main classifier for the whole model (issue 9)."""
+    weights, batch, wanted, want = alone("deep_supervision")
+    both, _, _ = build("[metric, deep_supervision]", data=digits)
+    both.model.load_state_dict(weights, strict=False)
+    got = term_grads(both, batch, wanted, ["ce"])["ce"]
+    backbone = [n for n in want["ce"] if n.startswith("backbone.")]
+    assert all(want["ce"][n].abs().sum() > 0 for n in backbone)
+    assert all(torch.allclose(got[n], want["ce"][n]) for n in backbone)
+
+
+# --- single behaviours -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("methods", [
     "[cds, deep_supervision]", "[{name: cds, ce_weight: 0.9}, byot]",
     "[ddgsd, {name: cds, ce_views: both}]", "[{name: cds, ce_weight: 0}, ps_kd]"])
-def test_combinations_run_one_forward_per_model(methods: str) -> None:
-    setup, batch, outputs = build(methods)
+def test_combinations_run_one_forward_per_model(methods: str, digits: DatasetSplits) -> None:
+    setup, batch, outputs = build(methods, data=digits)
     assert set(setup.objective.inputs()) == {"student"}
     calls = []
     handle = setup.model.register_forward_hook(lambda *a: calls.append(1))
@@ -67,13 +240,8 @@ def test_cds_uses_the_papers_views_and_head_layout() -> None:
                if n.startswith("supcon"))
 
 
-def test_cds_and_byot_disagreeing_on_ce_weight_fail_loudly() -> None:
-    with pytest.raises(ValueError, match="term 'ce' differently.*ce_weight"):
-        build("[cds, byot]")
-
-
-def test_views_can_be_overridden_in_the_config() -> None:
-    setup, _, _ = build("cds", "data.views={x_lb2: weak}")
+def test_views_can_be_overridden_in_the_config(digits: DatasetSplits) -> None:
+    setup, _, _ = build("cds", "data.views={x_lb2: weak}", data=digits)
     assert setup.objective.views["x_lb2"] == "weak"
     with pytest.raises(ValueError, match="data.views.x_ulb_s: the methods use no view"):
-        build("cds", "data.views={x_ulb_s: color}")
+        build("cds", "data.views={x_ulb_s: color}", data=digits)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from auxilia.config import load_config
-from auxilia.engine.loop import forward_all, make_batch
+from auxilia.engine.batch import forward_all, make_batch
 from auxilia.engine.setup import build_setup
 from auxilia.terms import Progress
 

@@ -40,6 +40,8 @@ def test_prediction_bank_targets_follow_the_paper() -> None:
     outs = {("student", "x_lb"): {"final": {"logits": logits}}}
     first = term.compute(outs, batch, Progress(0, 40, 10))  # epoch 0: nothing seen yet
     assert torch.allclose(first, F.cross_entropy(logits, batch["y_lb"]))
+    assert term.seen.sum() == 0  # compute is pure: only a committed step writes the bank
+    term.after_step(outs, batch, Progress(0, 40, 10))
     assert torch.allclose(term.bank[[4, 1]], logits.softmax(1)) and term.seen.sum() == 2
     new_logits = torch.randn(2, 3)
     outs = {("student", "x_lb"): {"final": {"logits": new_logits}}}

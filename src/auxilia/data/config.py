@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values validated on assignment,
-    floats finite (an ``inf`` or ``nan`` from YAML's ``.inf``/``.nan`` is refused)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
+from auxilia.strict import Strict
 
 DEFAULT_TEST_FRACTION = 0.2
 RESIZE_METHOD = "bilinear with antialiasing, stretched to a square (the aspect ratio is not kept)"

@@ -14,23 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from auxilia.config import Config, check_run_name
 from auxilia.data.sources import describe_splits
-from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
-from auxilia.engine.loop import Callback, LoopState, run_loop
-from auxilia.engine.optim import build_optimizer
+from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.runlog import MetricsLog, RunFolder
-from auxilia.engine.setup import Setup, build_setup, pick_device
+from auxilia.engine.setup import build_setup, pick_device
 from auxilia.engine.signals import StopFlag
 from auxilia.report import plot_curves, summarize
+from auxilia.seeding import deterministic_mode
 
 __all__ = ["RunResult", "train"]
 
@@ -85,7 +84,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
     if not resume:
         folder.check(resume=False, overwrite=overwrite)  # read-only: fail before any work
-    with StopFlag() as stop:
+    # deterministic kernels for this run only: the switches are restored when it ends
+    with deterministic_mode(config.train.deterministic), StopFlag() as stop:
         if resume:
             if not folder.path.is_dir():
                 folder.check(resume=True, overwrite=False)  # names the missing folder
@@ -95,8 +95,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         setup = build_setup(config, data)  # fails on bad names before any folder is touched
         if choice:
             setup.data.notes.insert(0, choice)
-        optimizer = build_optimizer(setup.model, config.optim)
-        stream = _stream(setup)
+        run = build_run(setup)
         with folder.lock():
             folder.check(resume=False, overwrite=overwrite)  # again, now that we hold it
             folder.create()  # an old run is moved aside until the first checkpoint
@@ -106,8 +105,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
             try:
                 folder.write_config(config.to_dict())
                 write_data_identity(folder.data, setup.data)
-                return _train_from(setup, optimizer, stream, LoopState(), folder, callbacks,
-                                   stop, resumed=False)
+                return _train_from(run, folder, callbacks, stop, resumed=False)
             except BaseException:
                 if folder.restore_replaced():
                     print(f"the new run stopped before its first checkpoint; the previous run "
@@ -129,28 +127,19 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
     note = check_same_data(checkpoint, setup.data, folder.path)
     if note:
         setup.data.notes.append(note)
-    optimizer = build_optimizer(setup.model, config.optim)
-    stream = _stream(setup)
-    loop = LoopState()
-    run_state.restore(checkpoint, setup, optimizer, stream, loop)
-    _repair_best(setup, optimizer, stream, loop, folder)
+    run = build_run(setup)
+    run.folder = folder
+    run_state.restore(checkpoint, run)
+    _repair_best(run)
     if not folder.marker.is_file():  # a run folder made before the marker existed
         folder.write_marker()
-    return _train_from(setup, optimizer, stream, loop, folder, callbacks, stop, resumed=True)
+    return _train_from(run, folder, callbacks, stop, resumed=True)
 
 
-def _stream(setup: Setup) -> IndexStream:
-    n, batch = len(setup.data.train), setup.config.data.batch_size
-    if batch > n:
-        setup.data.notes.append(f"data.batch_size={batch} is larger than the {n} training "
-                                f"images: every batch holds all {n}")
-    return IndexStream(n, batch, seed=setup.config.seed)
-
-
-def _train_from(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-                loop: LoopState, folder: RunFolder, callbacks: Sequence[Callback],
+def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback],
                 stop: StopFlag, *, resumed: bool) -> RunResult:
-    config = setup.config
+    setup, config, loop = run.setup, run.config, run.loop
+    run.folder = folder
     if config.run.progress != "off":
         print(f"data: {config.data.source}, {setup.data.num_classes} classes, images "
               f"{'x'.join(map(str, setup.data.image_shape))}", flush=True)
@@ -158,22 +147,22 @@ def _train_from(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStr
             print(f"  {line}", flush=True)
         for note in setup.data.notes:
             print(f"note: {note}", flush=True)
-    log = MetricsLog(folder, tensorboard=config.run.tensorboard,
-                     resume_step=loop.step if resumed else None)
+    run.log = MetricsLog(folder, tensorboard=config.run.tensorboard,
+                         resume_step=loop.step if resumed else None)
     try:
-        run_loop(setup, optimizer, stream, loop, folder, log, callbacks, stop)
+        run_loop(run, callbacks, stop)
     finally:
-        log.close()
-    return _finish(setup, loop, folder)
+        run.log.close()
+    return _finish(run)
 
 
-def _repair_best(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-                 loop: LoopState, folder: RunFolder) -> None:
+def _repair_best(run: RunContext) -> None:
     """Rewrite ``best.pt`` when a crash came between writing ``last.pt`` and ``best.pt``.
 
     ``last.pt`` is written first; if it selected its own step as the best, ``best.pt`` must
     hold that step too, and the restored state is exactly what it should hold.
     """
+    loop, folder = run.loop, run.folder
     if loop.best is None or loop.best["step"] != loop.step:
         return
     try:
@@ -181,16 +170,17 @@ def _repair_best(setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexSt
     except (CheckpointError, KeyError, TypeError):
         current = False
     if not current:
-        run_state.save(folder.best, setup, optimizer, stream, loop)
+        run_state.save(folder.best, run)
 
 
-def _finish(setup: Setup, loop: LoopState, folder: RunFolder) -> RunResult:
-    cfg = setup.config
+def _finish(run: RunContext) -> RunResult:
+    setup, cfg, loop, folder = run.setup, run.config, run.loop, run.folder
     summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
     seconds = max(loop.train_seconds, 1e-9)
     views = max(1, len(setup.train_views))
     summary.update({
         "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
+        "scaler_skipped_steps": loop.scaler_skips,
         "train_seconds": round(loop.train_seconds, 3), "train_images": loop.images,
         # one image per sample drawn, whatever the number of augmented views of it
         "train_images_per_s": round(loop.images / seconds, 1),

@@ -1,19 +1,22 @@
-"""The run folder and what is logged into it: metrics.jsonl, TensorBoard, progress."""
+"""The run folder and what is logged into it: metrics.jsonl, TensorBoard, the progress bar, and
+the running training averages between two log lines."""
 
 from __future__ import annotations
 
 import errno
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+import torch
 
 from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write
 from auxilia.engine.runfolder import RunFolder, RunFolderError
 
-__all__ = ["MetricsLog", "Progress", "RunFolder", "RunFolderError"]
+__all__ = ["MetricsLog", "ProgressBar", "RunFolder", "RunFolderError", "TrainMeter"]
 
 
 class MetricsLog:
@@ -69,7 +72,7 @@ class MetricsLog:
             self._tb.close()
 
 
-class Progress:
+class ProgressBar:
     """A rich progress bar on a terminal, plain log lines otherwise.
 
     The bar's description shows the latest training line, or what is being evaluated while an
@@ -134,3 +137,48 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class TrainMeter:
+    """Running sums of the losses and the main exit's training accuracy between log lines.
+
+    Sums stay on the device (no synchronisation per step); :meth:`record` reads them once per
+    log line. Skipped steps are not added: their non-finite losses would poison the average.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._correct: torch.Tensor | int = 0
+        self._seen = 0
+        self._steps = 0
+
+    def add(self, losses: Mapping[str, torch.Tensor], outputs: Mapping[Any, Any],
+            batch: Mapping[str, torch.Tensor]) -> None:
+        for key, value in losses.items():
+            value = value.detach().float()
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        main = outputs.get(("student", "x_lb")) if isinstance(outputs, Mapping) else None
+        if main is not None and "y_lb" in batch:
+            self._correct = self._correct + (main["final"]["logits"].argmax(1)
+                                             == batch["y_lb"]).sum()
+            self._seen += int(batch["y_lb"].shape[0])
+        self._steps += 1
+
+    def record(self, step: int, lr: float) -> dict[str, Any]:
+        """The log record of the window since the last call, and a reset."""
+        n = max(1, self._steps)
+        record: dict[str, Any] = {"step": step, "lr": lr}
+        record.update({f"train/{k}": float(v) / n for k, v in self._sums.items()})
+        if self._seen:
+            record["train/top1"] = 100.0 * float(self._correct) / self._seen
+        if "train/loss" not in record:  # every step since the last line was skipped
+            record["train/skipped_window"] = True
+        self.__init__()  # type: ignore[misc]
+        return record
+
+    @staticmethod
+    def line(record: Mapping[str, Any]) -> str:
+        acc = f" acc {record['train/top1']:.1f}%" if "train/top1" in record else ""
+        loss = (f"{record['train/loss']:.4f}" if "train/loss" in record
+                else "- (steps skipped)")
+        return f"loss {loss}{acc} lr {record['lr']:.4g}"

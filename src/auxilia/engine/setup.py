@@ -15,10 +15,14 @@ from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits
 from auxilia.data.views import build_view
 from auxilia.engine.auto import resolve_for
+from auxilia.engine.batch import view_stream
 from auxilia.engine.memory import check_step_memory
+from auxilia.models.backbone import Backbone
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
+from auxilia.models.weights import load_run_classifier
 from auxilia.recipes import RecipeContext, build_objective
+from auxilia.seeding import derive_seed, seeded
 from auxilia.terms import Objective
 
 
@@ -81,19 +85,25 @@ def _device_problem(name: str) -> str:
     return f"not a device (did you mean {hint!r}?)" if hint else "not a device"
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels."""
+def seed_everything(seed: int, purpose: str = "build") -> None:
+    """Seed Python and NumPy with ``seed``, and torch's global RNG for ``purpose``.
+
+    Deterministic kernels are not switched on here: :func:`auxilia.seeding.deterministic_mode`
+    does that around a run, and undoes it after.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.manual_seed(derive_seed(seed, purpose))
 
 
 def build_setup(config: Config, data: DatasetSplits | None = None, *, training: bool = True
                 ) -> Setup:
     """Load the data and build model, objective and views, seeded by ``config.seed``.
+
+    The backbone, the main classifier and each head are initialised from their own streams
+    (:func:`auxilia.seeding.derive_seed`), so at one seed every method starts from the same
+    backbone and classifier, and a head's initial weights do not depend on the other heads.
+    A run's checkpoint as ``model.weights`` also gives the main classifier when it fits.
 
     Args:
         config: the run's config.
@@ -109,11 +119,11 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     config, _ = resolve_for(config, data, device)  # ``auto`` left (``train`` resolves first)
     if data is None:
         data = load_dataset(config.data, seed=config.seed)
-    seed_everything(config.seed, config.train.deterministic)
-    channels, height, _ = data.image_shape
+    # Whatever the build draws outside its own streams is still seeded (and no earlier run in
+    # this process leaks into it); training reseeds below, so it never depends on the build.
+    seed_everything(config.seed)
     mcfg = config.model
-    backbone = create_backbone(mcfg.name, in_chans=channels, image_size=height,
-                               pretrained=mcfg.pretrained, weights=mcfg.weights, **mcfg.kwargs)
+    backbone = _backbone(config, data)
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
                         stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
                         num_train=len(data.train))
@@ -123,9 +133,11 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
             raise ValueError(f"data.views.{key}: the methods use no view {key!r}; they use "
                              f"{', '.join(objective.views)}")
         objective.views[key] = recipe
-    model = MultiExitModel(backbone, data.num_classes, list(objective.heads.values()),
-                           drop_rate=mcfg.drop_rate, probe=objective.probe,
-                           freeze_backbone=mcfg.freeze_backbone)
+    model = MultiExitModel(backbone, data.num_classes, objective.heads_of("student"),
+                           drop_rate=mcfg.drop_rate,
+                           freeze_backbone=mcfg.freeze_backbone, init_seed=config.seed)
+    if mcfg.weights is not None:
+        load_run_classifier(model.classifier, mcfg.weights)
     views = _views(config, data, objective, device)
     # Before the model moves to the device and the loop allocates: a step that cannot fit is
     # refused here, not by the kernel's OOM killer half-way into training.
@@ -136,7 +148,20 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     objective.to(device)
     if mcfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+    torch.manual_seed(derive_seed(config.seed, "train"))  # dropout & co., whatever was built
     return Setup(config, device, data, model, objective, views, _view("eval", data, device))
+
+
+def _backbone(config: Config, data: DatasetSplits) -> Backbone:
+    """The configured backbone, initialised from its own stream: the same for every method.
+
+    Weights from ``model.weights`` or ``model.pretrained`` are loaded over that initialisation.
+    """
+    channels, height, _ = data.image_shape
+    mcfg = config.model
+    with seeded(derive_seed(config.seed, "backbone")):
+        return create_backbone(mcfg.name, in_chans=channels, image_size=height,
+                               pretrained=mcfg.pretrained, weights=mcfg.weights, **mcfg.kwargs)
 
 
 def _view(name: str, data: DatasetSplits, device: torch.device, augment: str = "auto"
@@ -149,8 +174,6 @@ def _views(config: Config, data: DatasetSplits, objective: Objective, device: to
            ) -> dict[str, nn.Module]:
     views = {}
     for key, recipe in objective.views.items():
-        if not key.startswith("x_lb"):
-            raise ValueError(f"the objective asks for view {key!r}, which needs an unlabeled "
-                             "stream; this version trains on labeled views (x_lb, x_lb2) only")
+        view_stream(key, objective.streams)  # names the streams when none yields the key
         views[key] = _view(recipe, data, device, config.data.augment)
     return views

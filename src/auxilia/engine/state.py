@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
 
 if TYPE_CHECKING:
-    from auxilia.data.streams import IndexStream
-    from auxilia.engine.loop import LoopState
-    from auxilia.engine.setup import Setup
+    from auxilia.engine.context import RunContext
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: slots, optimizers and streams saved by name, and the gradient scaler; version-1
+checkpoints (one optimizer, one stream) are read as ``main`` and ``labeled``."""
 
 # Keys that may change between a run and its resumption without changing its results
 # (run.dir and run.name locate the folder; a new data.root is checked by the data's fingerprint).
@@ -28,40 +26,73 @@ class IncompatibleResumeError(ValueError):
     """The config given on resume differs from the checkpoint's in keys that matter."""
 
 
-def save(path: Path, setup: Setup, optimizer: torch.optim.Optimizer, stream: IndexStream,
-         loop: LoopState) -> None:
-    """Atomically write everything needed to continue exactly."""
+def save(path: Path, run: RunContext) -> None:
+    """Atomically write everything needed to continue exactly.
+
+    ``model`` is the student (what ``eval``, ``export`` and ``model.weights`` read); every
+    other slot whose weights change is under ``slots`` by name; frozen slots are rebuilt from
+    their source on resume.
+    """
+    loop = run.loop
     save_checkpoint({
         "format": FORMAT_VERSION,
-        "model": setup.model.state_dict(),
-        "objective": setup.objective.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "stream": stream.state_dict(),
+        "model": run.student.state_dict(),
+        "slots": {name: run.models[name].state_dict() for name, slot in run.slots.items()
+                  if slot.stateful},
+        "objective": run.objective.state_dict(),
+        "optimizers": {name: opt.torch.state_dict() for name, opt in run.optimizers.items()},
+        "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "rng": rng_state(),
         "loop": {"step": loop.step, "evals": loop.evals, "best": loop.best,
                  "skipped_steps": loop.skipped_steps, "train_seconds": loop.train_seconds,
-                 "images": loop.images},
-        "config": setup.config.to_dict(),
-        "data": setup.data.identity,
+                 "images": loop.images, "scaler_skips": loop.scaler_skips},
+        "config": run.config.to_dict(),
+        "data": run.setup.data.identity,
     }, path)
 
 
-def restore(checkpoint: dict[str, Any], setup: Setup, optimizer: torch.optim.Optimizer,
-            stream: IndexStream, loop: LoopState) -> None:
-    """Load model, objective, optimizer, sampler, RNG and counters from a checkpoint."""
-    setup.model.load_state_dict(checkpoint["model"])
-    setup.objective.load_state_dict(checkpoint["objective"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    stream.load_state_dict(checkpoint["stream"])
-    counters = checkpoint["loop"]
+def restore(checkpoint: dict[str, Any], run: RunContext) -> None:
+    """Load every slot, the objective, optimizers, streams, scaler, RNG and counters."""
+    run.student.load_state_dict(checkpoint["model"])
+    for name, state in _named(checkpoint, "slots", None, {}).items():
+        if name not in run.models:
+            raise IncompatibleResumeError(f"the checkpoint holds slot {name!r}, which this "
+                                          f"run does not declare")
+        run.models[name].load_state_dict(state)
+    run.objective.load_state_dict(checkpoint["objective"])
+    for name, state in _named(checkpoint, "optimizers", "optimizer", run.optimizers).items():
+        run.optimizers[name].torch.load_state_dict(state)
+    for name, state in _named(checkpoint, "streams", "stream", run.streams).items():
+        run.streams[name].load_state_dict(state)
+    if checkpoint.get("scaler") and run.scaler.is_enabled():
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    counters, loop = checkpoint["loop"], run.loop
     loop.step = counters["step"]
     loop.evals = list(counters["evals"])
     loop.best = counters["best"]
     loop.skipped_steps = counters["skipped_steps"]
     loop.train_seconds = counters["train_seconds"]
     # checkpoints written before the images counter existed: full batches every step
-    loop.images = counters.get("images", loop.step * stream.batch_size)
+    loop.images = counters.get("images", loop.step * run.labeled.batch_size)
+    loop.scaler_skips = counters.get("scaler_skips", 0)
     set_rng_state(checkpoint["rng"])
+
+
+def _named(checkpoint: dict[str, Any], key: str, old_key: str | None,
+           expected: dict[str, Any]) -> dict[str, Any]:
+    """The ``key`` entries by name (a version-1 checkpoint's single ``old_key`` entry is the
+    first expected name's), checked against what the run declares."""
+    if key in checkpoint:
+        found = dict(checkpoint[key])
+    elif old_key is not None and old_key in checkpoint:
+        found = {next(iter(expected)): checkpoint[old_key]}
+    else:
+        found = {}
+    if expected and set(found) != set(expected):
+        raise IncompatibleResumeError(
+            f"the checkpoint holds {key} {sorted(found)}, this run has {sorted(expected)}")
+    return found
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,6 +23,7 @@ class HeadSpec:
     field: str
     kind: str
     options: tuple[tuple[str, Any], ...] = field(default=())
+    model: str = "student"  # the model slot the head attaches to
 
     @property
     def key(self) -> str:
@@ -245,6 +246,26 @@ class BYOTHead(nn.Module):
         return {"logits": self.fc(hint), "hint": hint}
 
 
+class LinearProbe(nn.Module):
+    """Marker for an online linear probe on exit ``final`` (metric learning's linear evaluation).
+
+    The probe is the main classifier applied to the *detached* pooled feature;
+    :class:`~auxilia.models.multi_exit.MultiExitModel` computes it, since only the model holds
+    the classifier. The marker owns no parameters or buffers, so attaching it adds no
+    ``state_dict`` keys, and ``strip()`` keeps the classifier it trained.
+
+    Args:
+        in_channels: unused (heads share one factory signature).
+        num_classes: unused.
+    """
+
+    def __init__(self, in_channels: int = 0, num_classes: int = 0) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a linear probe is computed by MultiExitModel with its own classifier")
+
+
 HeadFactory = Callable[..., nn.Module]
 
 HEADS: dict[str, HeadFactory] = {
@@ -252,6 +273,7 @@ HEADS: dict[str, HeadFactory] = {
     "sepconv_proj": SepConvProjection,
     "mlp_proj": MLPProjection,
     "byot": BYOTHead,
+    "probe": LinearProbe,
 }
 """Registry of heads: kind → ``factory(in_channels, num_classes, **options)``."""
 
@@ -260,4 +282,7 @@ def build_head(spec: HeadSpec, in_channels: int, num_classes: int) -> nn.Module:
     """Instantiate the head a :class:`HeadSpec` names."""
     if spec.kind not in HEADS:
         raise ValueError(f"unknown head kind {spec.kind!r}; valid: {', '.join(sorted(HEADS))}")
+    if spec.kind == "probe" and spec.exit != "final":
+        # the probe is the main classifier, which reads the final exit's pooled feature only
+        raise ValueError(f"a 'probe' head belongs on exit 'final', not {spec.exit!r}")
     return HEADS[spec.kind](in_channels, num_classes, **dict(spec.options))

@@ -75,6 +75,24 @@ def load_zoo_weights(model: Backbone, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def load_backbone_weights(model: Backbone, path: str | Path) -> None:
+    """Load a local state_dict, or a run's checkpoint, into a built backbone.
+
+    Zoo models are loaded strictly (:func:`load_zoo_weights`), timm models non-strictly
+    (:func:`~auxilia.models.timm_backbone.load_timm_weights`), as ``create_backbone(weights=)``
+    does.
+
+    Raises:
+        ValueError: the weights do not fit, naming the file.
+    """
+    if model.family == "timm":  # timm is imported already: the model is one
+        from auxilia.models.timm_backbone import load_timm_weights
+
+        load_timm_weights(model.model, path)  # type: ignore[arg-type]
+    else:
+        load_zoo_weights(model, path)
+
+
 def create_backbone(
     name: str,
     *,
@@ -91,8 +109,9 @@ def create_backbone(
         in_chans: input channels.
         image_size: input side; used by models that need it (timm ViT / Mixer, ConvNet-13 check).
         pretrained: timm models only: download timm's weights. Our zoo ships none.
-        weights: local state_dict file (``.pth``, ``.pt``, ``.safetensors``). Loaded strictly into
-            zoo models, non-strictly (classifier keys aside) into timm models.
+        weights: local state_dict file (``.pth``, ``.pt``, ``.safetensors``), or a run's
+            checkpoint (its backbone part). Loaded strictly into zoo models, non-strictly
+            (classifier keys aside) into timm models.
         **kwargs: model options, e.g. ``dropout=0.3`` for WRNs, ``drop_path_rate`` for timm.
 
     Returns:

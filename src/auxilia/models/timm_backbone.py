@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from auxilia.models.backbone import Backbone
-from auxilia.models.weights import read_state_dict
+from auxilia.models.weights import read_weights
 
 FeatureMode = Literal["auto", "intermediates", "features_only"]
 
@@ -210,13 +210,17 @@ def load_timm_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local state_dict into a timm model, non-strictly.
 
     Classifier keys may be missing or unexpected; backbone keys that are missing are reported in
-    a warning.
+    a warning. An auxilia checkpoint of a timm run holds the timm module under
+    :class:`TimmBackbone`'s ``model.`` attribute; that prefix is removed.
 
     Raises:
         ValueError: no key of the file matches the model (naming the file and the first missing
             keys), or matching keys have other shapes.
     """
-    state = read_state_dict(path)
+    weights = read_weights(path)
+    state = weights.backbone
+    if weights.from_run:
+        state = {k.removeprefix("model."): v for k, v in state.items()}
     own = model.state_dict()
     matched = [k for k in state if k in own]
     if not matched:

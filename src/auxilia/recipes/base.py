@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auxilia.data.config import Strict
-from auxilia.terms import Objective
+from auxilia.strict import Strict
+from auxilia.terms import CrossEntropy, Objective, Ref, Term
 
 
 class RecipeParams(Strict):
@@ -33,3 +33,30 @@ class Recipe:
     params: type[RecipeParams]
     build: Callable[[RecipeParams, RecipeContext], Objective]
     summary: str
+
+
+def check_exits(method: str, exits: list[str], ctx: RecipeContext, final_ok: bool) -> None:
+    """Refuse exit names the model does not have, naming the valid ones.
+
+    Args:
+        method: the recipe's name, for the message.
+        exits: the exits the recipe's parameters name.
+        ctx: the run's context (its stages).
+        final_ok: whether ``final`` is a valid exit for this recipe's heads.
+
+    Raises:
+        ValueError: naming the unknown exits and the valid ones.
+    """
+    valid = list(ctx.stages) + (["final"] if final_ok else [])
+    unknown = [e for e in exits if e not in valid]
+    if unknown:
+        raise ValueError(f"{method}.exits names {unknown}, not exits of this model; "
+                         f"valid: {', '.join(valid)}")
+
+
+def ce_terms(weight: float, views: tuple[str, ...]) -> list[Term]:
+    """Cross-entropy of the main exit on each view (``ce``, ``ce_x_lb2``, ...)."""
+    if weight == 0:
+        return []
+    return [CrossEntropy("ce" if v == "x_lb" else f"ce_{v}", Ref(v), weight=weight)
+            for v in views]

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from auxilia.models.heads import HeadSpec, sepconv_layout
-from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams
+from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams, ce_terms, check_exits
 from auxilia.terms import CrossEntropy, Objective, Ref, SupCon, Term, Triplet
 
 
@@ -43,22 +43,6 @@ def projection_head(exit_name: str, kind: str, ctx: RecipeContext, proj_dim: int
                     (("out_channels", ctx.stage_channels[last]), ("blocks", blocks)))
 
 
-def check_exits(method: str, exits: list[str], ctx: RecipeContext, final_ok: bool) -> None:
-    valid = list(ctx.stages) + (["final"] if final_ok else [])
-    unknown = [e for e in exits if e not in valid]
-    if unknown:
-        raise ValueError(f"{method}.exits names {unknown}, not exits of this model; "
-                         f"valid: {', '.join(valid)}")
-
-
-def ce_terms(weight: float, views: tuple[str, ...]) -> list[Term]:
-    """Cross-entropy of the main exit on each view (``ce``, ``ce_x_lb2``, ...)."""
-    if weight == 0:
-        return []
-    return [CrossEntropy("ce" if v == "x_lb" else f"ce_{v}", Ref(v), weight=weight)
-            for v in views]
-
-
 def cds(params: CDSParams, ctx: RecipeContext) -> Objective:
     """CE + Σ_exits weight · SupCon(proj(view 1), proj(view 2))."""
     exits = params.exits if params.exits is not None else list(ctx.stages)
@@ -92,17 +76,24 @@ class MetricParams(RecipeParams):
 
 
 def metric(params: MetricParams, ctx: RecipeContext) -> Objective:
-    """Metric loss on ``final.proj`` + CE of the detached linear probe."""
-    head = HeadSpec("final", "proj", "mlp_proj", (("hidden", 512), ("out_dim", params.proj_dim)))
-    probe = CrossEntropy("ce_probe", Ref("x_lb"))
+    """Metric loss on ``final.proj`` + CE of the linear probe ``final.probe``.
+
+    The probe is the main classifier on detached features, so alone it is the deployed
+    classifier without shaping the backbone, and beside a recipe with its own CE on the main
+    logits it leaves that CE's gradient unchanged.
+    """
+    heads = [HeadSpec("final", "proj", "mlp_proj",
+                      (("hidden", 512), ("out_dim", params.proj_dim))),
+             HeadSpec("final", "probe", "probe")]
+    probe = CrossEntropy("ce_probe", Ref("x_lb", "final", "probe"))
     if params.loss == "triplet":
         term: Term = Triplet("triplet", Ref("x_lb", "final", "proj"), margin=params.margin,
                              mining=params.mining, weight=params.weight)
-        return Objective([probe, term], [head], {"x_lb": "weak"}, probe=True)
+        return Objective([probe, term], heads, {"x_lb": "weak"})
     labels = "y_lb" if params.loss == "supcon" else None
     term = SupCon(params.loss, (Ref("x_lb", "final", "proj"), Ref("x_lb2", "final", "proj")),
                   labels, params.temperature, params.temperature, weight=params.weight)
-    return Objective([probe, term], [head], {"x_lb": "weak", "x_lb2": "color"}, probe=True)
+    return Objective([probe, term], heads, {"x_lb": "weak", "x_lb2": "color"})
 
 
 RECIPES = {

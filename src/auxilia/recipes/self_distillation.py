@@ -7,8 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from auxilia.models.heads import HeadSpec, downsample_steps
-from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams
-from auxilia.recipes.contrastive import ce_terms, check_exits
+from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams, ce_terms, check_exits
 from auxilia.terms import (
     CrossEntropy,
     Discrepancy,

@@ -16,6 +16,15 @@ from torch import nn
 
 from auxilia.losses import cross_entropy
 from auxilia.models.heads import HeadSpec
+from auxilia.parts import (
+    DEFAULT_STREAMS,
+    STUDENT,
+    OneBackward,
+    OptimizerSpec,
+    Slot,
+    StepStrategy,
+    StreamSpec,
+)
 
 DEFAULT_VIEW = "weak"
 
@@ -83,6 +92,16 @@ class Term(nn.Module):
         """The weight at this point of training (constant here; ramps override it)."""
         return self.weight
 
+    def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
+        """Update the term's state (banks, running thresholds) from a committed step.
+
+        Called once the optimizer step that used ``outputs`` was taken, never for a skipped
+        step: ``compute`` must not mutate state, or a non-finite batch could poison it.
+        """
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called when the labeled stream finishes epoch ``epoch`` (0-based)."""
+
     def signature(self) -> tuple[Any, ...]:
         """What makes two terms the same term: type, weight, references and options."""
         return (type(self).__name__, self.weight, self.refs(), self.options())
@@ -112,30 +131,41 @@ class CrossEntropy(Term):
 
 
 class Objective(nn.Module):
-    """A named set of terms, with the heads and views they need.
+    """A named set of terms, with the heads, views, model slots, streams, optimizers and step
+    strategy they need.
 
     Args:
         terms: the weighted losses; names must be unique.
-        heads: heads the terms read (attached to the student before training).
+        heads: heads the terms read (attached to their ``model`` slot before training).
         views: batch key → view recipe name, e.g. ``{"x_lb": "weak"}``. ``"weak"`` means "any
             augmentation will do": combined with a recipe asking for a specific one, that wins.
-        probe: the main classifier is a linear probe: it sees detached features, so only the
-            other terms shape the backbone (metric learning's online linear evaluation).
+        slots: models besides the student, by name (:mod:`auxilia.parts`).
+        streams: index streams besides ``labeled``, by name.
+        optimizers: named optimizers; by default one, ``main``, over everything trainable.
+        step: the step strategy; by default :class:`~auxilia.parts.OneBackward`.
     """
 
     def __init__(self, terms: Sequence[Term] = (), heads: Sequence[HeadSpec] = (),
-                 views: Mapping[str, str] | None = None, probe: bool = False) -> None:
+                 views: Mapping[str, str] | None = None, *,
+                 slots: Mapping[str, Slot] | None = None,
+                 streams: Mapping[str, StreamSpec] | None = None,
+                 optimizers: Mapping[str, OptimizerSpec] | None = None,
+                 step: StepStrategy | None = None) -> None:
         super().__init__()
-        self.probe = probe
         self.terms = nn.ModuleDict()
         self.heads: dict[str, HeadSpec] = {}
         self.views: dict[str, str] = {}
+        self.slots: dict[str, Slot] = {}
+        self.streams: dict[str, StreamSpec] = dict(DEFAULT_STREAMS)
+        self.optimizers: dict[str, OptimizerSpec] = {}
+        self.step: StepStrategy = OneBackward()
         for term in terms:
             self._add_term(term)
         for spec in heads:
             self._add_head(spec)
         for key, recipe in (views or {}).items():
             self._add_view(key, recipe)
+        self._add_parts(slots or {}, streams or {}, optimizers or {}, step)
 
     def _add_term(self, term: Term) -> None:
         if term.name in self.terms:
@@ -149,11 +179,12 @@ class Objective(nn.Module):
         self.terms[term.name] = term
 
     def _add_head(self, spec: HeadSpec) -> None:
-        old = self.heads.get(spec.key)
+        key = spec.key if spec.model == STUDENT else f"{spec.model}/{spec.key}"
+        old = self.heads.get(key)
         if old is not None and old != spec:
             raise ValueError(f"two recipes want different {spec.field!r} heads on exit "
-                             f"{spec.exit!r}: {old} vs {spec}")
-        self.heads[spec.key] = spec
+                             f"{spec.exit!r} of {spec.model}: {old} vs {spec}")
+        self.heads[key] = spec
 
     def _add_view(self, key: str, recipe: str) -> None:
         old = self.views.get(key)
@@ -166,15 +197,36 @@ class Objective(nn.Module):
                              f"{old!r} vs {recipe!r}")
         self.views[key] = recipe
 
+    def _add_parts(self, slots: Mapping[str, Slot], streams: Mapping[str, StreamSpec],
+                   optimizers: Mapping[str, OptimizerSpec], step: StepStrategy | None) -> None:
+        """Merge named parts: one name, one meaning (else the combination is refused)."""
+        if STUDENT in slots:
+            raise ValueError("'student' is the model being trained; name the slot otherwise")
+        for kind, mine, theirs in (("slot", self.slots, slots),
+                                   ("stream", self.streams, streams),
+                                   ("optimizer", self.optimizers, optimizers)):
+            for name, part in theirs.items():
+                if name in mine and mine[name] != part:
+                    raise ValueError(f"two methods define {kind} {name!r} differently: "
+                                     f"{mine[name]} vs {part}")
+                mine[name] = part  # type: ignore[index]
+        if step is not None and step != OneBackward():
+            if self.step != OneBackward() and self.step != step:
+                raise ValueError(f"two methods replace the training step ({self.step!r} and "
+                                 f"{step!r}); they cannot be combined")
+            self.step = step
+
     def __or__(self, other: Objective) -> Objective:
         combined = Objective(list(self.terms.values()), list(self.heads.values()), self.views,
-                             self.probe or other.probe)
+                             slots=self.slots, streams=self.streams,
+                             optimizers=self.optimizers, step=self.step)
         for term in other.terms.values():
             combined._add_term(term)  # type: ignore[arg-type]
         for spec in other.heads.values():
             combined._add_head(spec)
         for key, recipe in other.views.items():
             combined._add_view(key, recipe)
+        combined._add_parts(other.slots, other.streams, other.optimizers, other.step)
         return combined
 
     def inputs(self) -> dict[str, list[str]]:
@@ -187,9 +239,16 @@ class Objective(nn.Module):
                     views.append(ref.view)
         return wanted
 
+    def heads_of(self, model: str) -> list[HeadSpec]:
+        """The heads to attach to slot ``model``."""
+        return [spec for spec in self.heads.values() if spec.model == model]
+
     def forward(self, outputs: Outputs, batch: Batch, progress: Progress
                 ) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": Σ w·term, <term name>: unweighted value, ...}``."""
+        """Return ``{"loss": Σ w·term, <term name>: unweighted value, ...}``.
+
+        Pure: no term's state changes here (see :meth:`after_step`).
+        """
         parts: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         for name, term in self.terms.items():
@@ -200,3 +259,12 @@ class Objective(nn.Module):
         if total is None:
             raise ValueError("the objective has no terms")
         return {"loss": total, **parts}
+
+    def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
+        """Every term's :meth:`Term.after_step`, once the step was committed."""
+        for term in self.terms.values():
+            term.after_step(outputs, batch, progress)  # type: ignore[operator]
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for term in self.terms.values():
+            term.on_epoch_end(epoch)  # type: ignore[operator]

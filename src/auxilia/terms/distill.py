@@ -80,7 +80,8 @@ class PredictionBankCE(Term):
 
     Target of sample i at epoch t: ``(1 − α_t)·onehot(y_i) + α_t·p_i^{t−1}``, where
     ``p_i^{t−1}`` is the sample's softmax prediction from its previous visit (the previous
-    epoch), kept in a bank indexed by ``batch[index_key]``, and ``α_t = α_T·(t+1)/T``.
+    epoch), kept in a bank indexed by ``batch[index_key]`` and written after each committed
+    step (:meth:`after_step`), and ``α_t = α_T·(t+1)/T``.
     Samples never seen yet get the plain one-hot target. The bank is a buffer, so it is saved
     and restored with the run.
 
@@ -114,7 +115,12 @@ class PredictionBankCE(Term):
         onehot = F.one_hot(labels, logits.shape[1]).float()
         alpha = self.alpha(progress) * self.seen[idx].float()[:, None]
         target = (1.0 - alpha) * onehot + alpha * self.bank[idx]
-        with torch.no_grad():
-            self.bank[idx] = logits.softmax(dim=1)
-            self.seen[idx] = True
         return cross_entropy(logits, target)
+
+    @torch.no_grad()
+    def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
+        """Store this step's predictions: only a committed step writes the bank, so a
+        skipped non-finite batch leaves its rows as they were."""
+        idx = batch[self.index_key]
+        self.bank[idx] = self.ref.read(outputs).detach().float().softmax(dim=1)
+        self.seen[idx] = True

@@ -1,0 +1,250 @@
+"""What a run is made of, in one object: the built setup, the model slots, the streams, the
+optimizers, the gradient scaler and the loop's counters (plus, once training, its folder, log
+and progress bar).
+
+:func:`build_run` turns an objective's declarations (:mod:`auxilia.parts`) into these pieces;
+the loop, the step and the checkpoint read them by name and know no method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from auxilia.config import SEED_MAX, Config, OptimConfig, ScheduleConfig
+from auxilia.data.streams import IndexStream
+from auxilia.engine.evaluate import autocast
+from auxilia.engine.optim import build_optimizer_over
+from auxilia.engine.setup import Setup
+from auxilia.models.multi_exit import MultiExitModel
+from auxilia.models.registry import create_backbone
+from auxilia.models.weights import load_run_classifier
+from auxilia.parts import LABELED, MAIN, OBJECTIVE, STUDENT, OptimizerSpec, Slot, StreamSpec
+from auxilia.seeding import derive_seed, seeded
+from auxilia.terms import Objective
+
+
+@dataclass
+class LoopState:
+    """Counters that travel with the checkpoint."""
+
+    step: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    images: int = 0
+    scaler_skips: int = 0  # fp16 overflows the gradient scaler skipped (not failures)
+
+
+@dataclass
+class Optimizer:
+    """A named optimizer with its own settings and schedule."""
+
+    torch: torch.optim.Optimizer
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    slots: tuple[str, ...]
+
+
+@dataclass
+class RunContext:
+    """Everything a run is made of; the loop and the step take this and nothing else."""
+
+    setup: Setup
+    models: dict[str, nn.Module]
+    slots: dict[str, Slot]
+    streams: dict[str, IndexStream]
+    optimizers: dict[str, Optimizer]
+    scaler: torch.amp.GradScaler
+    loop: LoopState = field(default_factory=LoopState)
+    folder: Any = None  # RunFolder, once the run has one
+    log: Any = None  # MetricsLog, while training
+    bar: Any = None  # ProgressBar, while training
+
+    @property
+    def config(self) -> Config:
+        return self.setup.config
+
+    @property
+    def objective(self) -> Objective:
+        return self.setup.objective
+
+    @property
+    def student(self) -> MultiExitModel:
+        return self.setup.model
+
+    @property
+    def labeled(self) -> IndexStream:
+        return self.streams[LABELED]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """An epoch is one pass over the labeled split."""
+        return self.labeled.batches_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        cfg = self.config.train
+        return cfg.steps or math.ceil(float(cfg.epochs or 1) * self.steps_per_epoch)
+
+    def autocast(self) -> AbstractContextManager[None]:
+        cfg = self.config.train
+        return autocast(self.setup.device, cfg.amp, self.setup.amp_dtype)
+
+    def set_modes(self) -> None:
+        """Student in train mode, every other slot in the mode it asks for."""
+        self.student.train()
+        for name, slot in self.slots.items():
+            self.models[name].train(slot.mode == "train")
+
+    def forward(self, wanted: Mapping[str, Sequence[str]], batch: Mapping[str, torch.Tensor]
+                ) -> Any:
+        from auxilia.engine.batch import forward_all
+
+        no_grad = {name for name, slot in self.slots.items() if not slot.grad}
+        return forward_all(self.models, wanted, batch, no_grad=no_grad)
+
+    def backward_step(self, loss: torch.Tensor, optimizers: Sequence[str] | None = None,
+                      losses: Mapping[str, torch.Tensor] | None = None) -> bool:
+        from auxilia.engine.step import backward_step
+
+        return backward_step(self, loss, optimizers, losses)
+
+
+class _SlotBuilder:
+    """The :class:`~auxilia.parts.SlotContext` the engine offers slots while they are built."""
+
+    def __init__(self, setup: Setup, models: dict[str, nn.Module]) -> None:
+        self.setup, self.models = setup, models
+
+    def build_model(self, slot: str, architecture: str | None, weights: str | None = None
+                    ) -> nn.Module:
+        cfg, data = self.setup.config, self.setup.data
+        channels, height, _ = data.image_shape
+        seed = derive_seed(cfg.seed, "slot", slot)
+        with seeded(derive_seed(seed, "backbone")):
+            backbone = create_backbone(architecture or cfg.model.name, in_chans=channels,
+                                       image_size=height, weights=weights,
+                                       **(cfg.model.kwargs if architecture is None else {}))
+        model = MultiExitModel(backbone, data.num_classes, drop_rate=cfg.model.drop_rate,
+                               init_seed=seed)
+        if weights is not None:
+            load_run_classifier(model.classifier, weights)
+        return model
+
+
+def build_run(setup: Setup) -> RunContext:
+    """Build the objective's slots (with their heads), streams, optimizers and scaler."""
+    models: dict[str, nn.Module] = {STUDENT: setup.model}
+    builder = _SlotBuilder(setup, models)
+    for name, slot in setup.objective.slots.items():
+        model = slot.build(name, builder)
+        for spec in setup.objective.heads_of(name):
+            model.attach(spec)  # type: ignore[operator]
+        if setup.config.model.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        models[name] = model.to(setup.device)
+    _check_refs(setup.objective, models)
+    streams = build_streams(setup)
+    optimizers = build_optimizers(setup, models)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=fp16_scaling(setup))
+    return RunContext(setup, models, dict(setup.objective.slots), streams, optimizers, scaler)
+
+
+def _check_refs(objective: Objective, models: Mapping[str, nn.Module]) -> None:
+    unknown = sorted(set(objective.inputs()) - set(models))
+    if unknown:
+        raise ValueError(f"the objective reads model(s) {', '.join(unknown)}, which no slot "
+                         f"declares; slots: {', '.join(models)}")
+    for spec in objective.heads.values():
+        if spec.model not in models:
+            raise ValueError(f"a head on exit {spec.exit!r} attaches to slot {spec.model!r}, "
+                             f"which is not declared; slots: {', '.join(models)}")
+
+
+def fp16_scaling(setup: Setup) -> bool:
+    """Loss scaling is on for fp16 autocast (bf16 has fp32's range and needs none)."""
+    t = setup.config.train
+    return t.amp and t.amp_dtype == "float16" and setup.device.type in ("cuda", "cpu")
+
+
+def build_streams(setup: Setup) -> dict[str, IndexStream]:
+    """One :class:`IndexStream` per declared stream; ``labeled`` keeps ``config.seed`` (its
+    order is the same for every method), the others draw from their own seeds."""
+    cfg = setup.config
+    streams = {}
+    for name, spec in setup.objective.streams.items():
+        split = _stream_split(setup, name, spec)
+        n, size = len(split), spec.size(cfg.data.batch_size)
+        if size > n and name == LABELED:
+            setup.data.notes.append(f"data.batch_size={size} is larger than the {n} training "
+                                    f"images: every batch holds all {n}")
+        # a seed in config.seed's range: IndexStream mixes it with the epoch in 64 bits
+        seed = cfg.seed if name == LABELED else derive_seed(cfg.seed, "stream", name) % SEED_MAX
+        streams[name] = IndexStream(n, size, seed=seed)
+    return streams
+
+
+def _stream_split(setup: Setup, name: str, spec: StreamSpec) -> Any:
+    split = getattr(setup.data, spec.split, None)
+    if split is None or not len(split):
+        raise ValueError(f"stream {name!r} reads the {spec.split!r} split, which this dataset "
+                         "does not have (data.unlabeled gives one)")
+    return split
+
+
+def build_optimizers(setup: Setup, models: Mapping[str, nn.Module]) -> dict[str, Optimizer]:
+    """The objective's optimizers (one ``main`` over everything trainable by default).
+
+    Every trainable parameter belongs to exactly one optimizer: a parameter claimed twice, or
+    a trainable slot that no optimizer steps, is refused naming it.
+    """
+    cfg = setup.config
+    specs = dict(setup.objective.optimizers) or {MAIN: OptimizerSpec()}
+    owners = {**{n: m for n, m in models.items() if _trained(setup, n)},
+              OBJECTIVE: setup.objective}
+    claimed = {s for spec in specs.values() for s in (spec.slots or ())}
+    optimizers = {}
+    for name, spec in specs.items():
+        names = spec.slots if spec.slots is not None else tuple(o for o in owners
+                                                              if o not in claimed)
+        unknown = [n for n in names if n not in owners]
+        if unknown:
+            raise ValueError(f"optimizer {name!r} steps {unknown}, not trainable slots; "
+                             f"trainable: {', '.join(owners)}")
+        optim = cfg.optim.model_copy(update=dict(spec.optim))
+        schedule = cfg.schedule.model_copy(update=dict(spec.schedule))
+        modules = [owners[n] for n in names]
+        optimizers[name] = Optimizer(build_optimizer_over(modules, optim), optim, schedule,
+                                     tuple(names))
+    _check_ownership(optimizers, owners)
+    return optimizers
+
+
+def _trained(setup: Setup, name: str) -> bool:
+    return name == STUDENT or setup.objective.slots[name].trained
+
+
+def _check_ownership(optimizers: Mapping[str, Optimizer], owners: Mapping[str, nn.Module]
+                     ) -> None:
+    seen: dict[int, str] = {}
+    for name, opt in optimizers.items():
+        for group in opt.torch.param_groups:
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError(f"a parameter is in optimizers {seen[id(p)]!r} and "
+                                     f"{name!r}; give each slot to one optimizer")
+                seen[id(p)] = name
+    for owner, module in owners.items():
+        missing = [n for n, p in module.named_parameters()
+                   if p.requires_grad and id(p) not in seen]
+        if missing:
+            raise ValueError(f"{owner} has trainable parameters no optimizer steps (e.g. "
+                             f"{missing[0]}); name it in one OptimizerSpec.slots")

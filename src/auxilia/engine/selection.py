@@ -1,0 +1,133 @@
+"""Evaluation during training and model selection on validation only.
+
+Every ``train.eval_every`` steps the loop calls :func:`evaluate_and_save`: every exit is
+evaluated on val (and on test when ``train.test_eval`` says so), the best val top-1 of the main
+exit selects ``best.pt``, and ``last.pt`` is written. Test never selects anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from auxilia.engine import state as run_state
+from auxilia.engine.evaluate import evaluate
+from auxilia.engine.step import NonFiniteLossError
+
+if TYPE_CHECKING:
+    from auxilia.engine.context import RunContext
+
+
+def evaluate_and_save(run: RunContext, *, test_now: bool = True) -> None:
+    """Evaluate, select on val, checkpoint.
+
+    Test is evaluated when ``test_now`` (every evaluation, or the last step), when this
+    evaluation selects a new best (so the selected checkpoint's test numbers are exact), and
+    always without a val split (then the latest evaluation is the selected one).
+    """
+    loop, folder = run.loop, run.folder
+    check_finite_weights(run)
+    record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / run.steps_per_epoch}
+    record.update(evaluate_split(run, "val"))
+    improved = is_better(record, loop.best)
+    if test_now or improved:
+        record.update(evaluate_split(run, "test"))
+    run.set_modes()  # evaluation put the student in eval mode
+    loop.evals.append(record)
+    run.log.write(record)
+    if improved:
+        loop.best = {"step": loop.step,
+                     "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
+                     "test": {k[5:]: v for k, v in record.items() if k.startswith("test/")}}
+    run_state.save(folder.last, run)
+    folder.drop_replaced()  # the new run has a checkpoint: the run it replaced can go
+    if improved:
+        run_state.save(folder.best, run)
+    run.bar.message(eval_line(record))
+
+
+def check_finite_weights(run: RunContext) -> None:
+    """Refuse to checkpoint weights that became NaN/inf (of any slot)."""
+    bad = [f"{slot}.{n}" if slot != "student" else n
+           for slot, model in run.models.items() for n, t in model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        folder = run.folder
+        last = folder.last if folder.last.is_file() else "none yet"
+        raise NonFiniteLossError(
+            f"weights became non-finite by step {run.loop.step} ({', '.join(bad[:3])}...); "
+            f"stopped without writing a checkpoint. Last good checkpoint: {last}. "
+            "Try a lower optim.lr or optim.grad_clip")
+
+
+def evaluate_split(run: RunContext, name: str) -> dict[str, float]:
+    """``{"<name>/<metric>": value}`` for the split ``name``; empty for an empty split."""
+    setup = run.setup
+    cfg, split = setup.config, getattr(setup.data, name)
+    if not len(split):
+        return {}
+    with run.bar.evaluating(name, len(split)):
+        metrics = evaluate(setup.model, split, setup.eval_view,
+                           batch_size=cfg.data.eval_batch_size, device=setup.device,
+                           amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                           channels_last=cfg.model.channels_last)
+    return {f"{name}/{k}": v for k, v in metrics.items()}
+
+
+TEST_EVAL_SHARE = 0.3
+"""``train.test_eval: auto`` evaluates test every time while the test split holds at most this
+share of the images trained between two evaluations. Per image, an evaluation forward costs
+about a third of a training step (forward + backward), so 0.3 keeps test at about 10 % of the
+training time; the rule looks at sizes only, never at timings, so a resumed run decides the
+same."""
+
+
+def evaluate_test_every_time(mode: str, n_val: int, n_test: int,
+                             images_between_evals: int) -> bool:
+    """Whether every evaluation also evaluates test (``train.test_eval`` resolved).
+
+    ``selected`` (and ``auto`` for a test split larger than :data:`TEST_EVAL_SHARE` of the
+    images trained between evaluations) evaluates test only where val selects a new best and
+    at the last step; without a val split every evaluation is a selection, so test is always
+    evaluated.
+    """
+    if mode == "every" or n_val == 0:
+        return True
+    if mode == "selected":
+        return False
+    return n_test <= TEST_EVAL_SHARE * images_between_evals
+
+
+def test_eval_note(mode: str, n_test: int) -> str:
+    why = (f"train.test_eval=auto: {n_test:,} test images cost more than about 10 % of the "
+           "training between evaluations" if mode == "auto" else "train.test_eval=selected")
+    return (f"test is evaluated only when val selects a new best checkpoint, and at the last "
+            f"step ({why}; train.test_eval=every evaluates it every time)")
+
+
+def is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Selection on validation only: higher val top-1 of the main exit, then lower val loss.
+
+    An evaluation whose validation loss or top-1 is NaN/inf is never selected.
+    """
+    if "val/final/top1" not in record:
+        return True  # no validation split: the latest model is the selected one
+    key = (record["val/final/top1"], -record.get("val/loss", 0.0))
+    if not all(math.isfinite(v) for v in key):
+        return False
+    if best is None:
+        return True
+    return key > (best["val"]["final/top1"], -best["val"].get("loss", 0.0))
+
+
+def eval_line(record: dict[str, Any]) -> str:
+    exits = sorted({k.split("/")[1] for k in record if k.endswith("/top1")})
+    parts = [f"eval step {record['step']} (epoch {record['epoch']:.1f})"]
+    for split in ("val", "test"):
+        accs = " ".join(f"{e} {record[f'{split}/{e}/top1']:.2f}" for e in exits
+                        if f"{split}/{e}/top1" in record)
+        if accs:
+            parts.append(f"{split} top1: {accs}")
+    return " | ".join(parts)

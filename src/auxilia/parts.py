@@ -1,0 +1,269 @@
+"""What an objective declares besides its terms, heads and views: the engine's extension points.
+
+* **Model slots** (:class:`FrozenSlot`, :class:`EMASlot`, :class:`PeerSlot`): the models a method
+  reads besides the student, by name (the name a :class:`~auxilia.terms.Ref` gives as
+  ``model``). Each slot says whether it is trained (its parameters are in an optimizer), whether
+  it runs with gradient, and in which mode (``train``/``eval``); the engine builds and runs them
+  generically and calls :meth:`Slot.after_step` once a step is committed.
+* **Streams** (:class:`StreamSpec`): named index streams over a split, each with its own sampler
+  and batch size, yielding the batch keys ``x_<keys>...``, ``y_<keys>``, ``idx_<keys>``.
+* **Optimizers** (:class:`OptimizerSpec`): named optimizers over named slots (and the terms'
+  own parameters), each with its own optimizer and schedule settings.
+* **Step strategy** (:class:`StepStrategy`): what one training step does; the default is one
+  forward per model, the objective, one backward and a step of every optimizer.
+
+Everything here is a declaration: no tensors, no engine imports, so recipes can build them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from auxilia.terms.core import Objective, Progress
+
+Mode = Literal["train", "eval"]
+STUDENT = "student"
+OBJECTIVE = "objective"  # the optimizer-spec name of the terms' own parameters
+
+
+class SlotContext(Protocol):
+    """What the engine offers a slot while building it."""
+
+    models: Mapping[str, nn.Module]  # the slots built so far, the student first
+
+    def build_model(self, slot: str, architecture: str | None, weights: str | None = None
+                    ) -> nn.Module:
+        """A multi-exit model (the student's architecture when None), initialised from the
+        slot's own seed, then loaded from ``weights`` (a run's checkpoint: backbone and main
+        classifier; or a backbone state_dict) when given."""
+        ...
+
+
+class Slot:
+    """A model besides the student. Subclasses set the three flags and implement ``build``."""
+
+    trained: ClassVar[bool] = False
+    grad: ClassVar[bool] = False
+    mode: Mode = "eval"
+
+    def build(self, name: str, ctx: SlotContext) -> nn.Module:
+        raise NotImplementedError
+
+    def after_step(self, name: str, models: Mapping[str, nn.Module], progress: Progress
+                   ) -> None:
+        """Called after every committed optimizer step (an EMA update goes here)."""
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the slot's weights change during training (and go into checkpoints)."""
+        return self.trained
+
+
+@dataclass(frozen=True)
+class FrozenSlot(Slot):
+    """A fixed network: a teacher from a checkpoint, or a copy of the student's initial weights.
+
+    Args:
+        weights: a run's checkpoint or a state_dict file; None copies the student as built.
+        architecture: model name; None is the student's (only used with ``weights``).
+        mode: ``eval`` (BatchNorm statistics fixed, no dropout), as a teacher should run.
+    """
+
+    weights: str | None = None
+    architecture: str | None = None
+    mode: Mode = "eval"
+
+    def build(self, name: str, ctx: SlotContext) -> nn.Module:
+        if self.weights is None:
+            model = copy.deepcopy(ctx.models[STUDENT])
+        else:
+            model = ctx.build_model(name, self.architecture, self.weights)
+        return model.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class EMASlot(Slot):
+    """An exponential moving average of another slot (Mean Teacher, Tarvainen & Valpola 2017).
+
+    After each committed step: ``θ_ema ← d·θ_ema + (1 − d)·θ``, with ``d = min(1 − 1/(t + 1),
+    decay)`` when ``warmup`` (t the number of steps taken), else ``d = decay``. Floating
+    buffers (BatchNorm running statistics) are copied, not averaged: the average of running
+    averages lags twice; integer buffers (``num_batches_tracked``) are copied.
+
+    Args:
+        of: the slot averaged (``student`` by default).
+        decay: the EMA decay.
+        warmup: Mean Teacher's decay ramp.
+        mode: ``eval`` or ``train`` (Mean Teacher runs its teacher with dropout noise).
+    """
+
+    of: str = STUDENT
+    decay: float = 0.999
+    warmup: bool = True
+    mode: Mode = "eval"
+
+    @property
+    def stateful(self) -> bool:
+        return True
+
+    def build(self, name: str, ctx: SlotContext) -> nn.Module:
+        if self.of not in ctx.models:
+            raise ValueError(f"slot {name!r} averages {self.of!r}, which is not a slot built "
+                             f"before it; slots: {', '.join(ctx.models)}")
+        return copy.deepcopy(ctx.models[self.of]).requires_grad_(False)
+
+    def decay_at(self, steps_taken: int) -> float:
+        return min(1.0 - 1.0 / (steps_taken + 1), self.decay) if self.warmup else self.decay
+
+    def after_step(self, name: str, models: Mapping[str, nn.Module], progress: Progress
+                   ) -> None:
+        ema_update(models[name], models[self.of], self.decay_at(progress.step + 1))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, source: nn.Module, decay: float) -> None:
+    """``ema ← decay·ema + (1 − decay)·source`` for parameters; buffers are copied."""
+    ema_params = list(ema.parameters())
+    src_params = list(source.parameters())
+    if len(ema_params) != len(src_params):
+        raise ValueError("the EMA model and its source have different parameters")
+    torch._foreach_lerp_(ema_params, [p.detach() for p in src_params], 1.0 - decay)
+    for b_ema, b_src in zip(ema.buffers(), source.buffers(), strict=True):
+        b_ema.copy_(b_src)
+
+
+@dataclass(frozen=True)
+class PeerSlot(Slot):
+    """A second network trained alongside the student (deep mutual learning, co-training).
+
+    Args:
+        architecture: model name; None is the student's. Initialised from its own seed.
+        mode: ``train``.
+    """
+
+    architecture: str | None = None
+    mode: Mode = "train"
+    trained: ClassVar[bool] = True
+    grad: ClassVar[bool] = True
+
+    def build(self, name: str, ctx: SlotContext) -> nn.Module:
+        return ctx.build_model(name, self.architecture)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A named stream of index batches over one split.
+
+    Args:
+        split: ``train`` (the labeled split) or ``unlabeled``.
+        keys: the batch-key suffix: views ``x_<keys>``, ``x_<keys>2``, ``x_<keys>_s`` ...,
+            labels ``y_<keys>`` (labeled splits only) and indices ``idx_<keys>``.
+        ratio: batch size as a multiple of ``data.batch_size`` (FixMatch's μ).
+        batch_size: an absolute batch size instead of ``ratio``.
+    """
+
+    split: Literal["train", "unlabeled"] = "train"
+    keys: str = "lb"
+    ratio: float = 1.0
+    batch_size: int | None = None
+
+    def size(self, base_batch_size: int) -> int:
+        return self.batch_size or max(1, round(self.ratio * base_batch_size))
+
+
+LABELED = "labeled"
+DEFAULT_STREAMS: dict[str, StreamSpec] = {LABELED: StreamSpec()}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A named optimizer over some slots' trainable parameters.
+
+    Args:
+        slots: slot names whose trainable parameters (heads included) it steps; ``objective``
+            names the terms' own parameters. None: everything trainable no other optimizer
+            claims.
+        optim: overrides of ``optim`` for this optimizer (e.g. ``{"lr": 0.01}``).
+        schedule: overrides of ``schedule`` for this optimizer.
+    """
+
+    slots: tuple[str, ...] | None = None
+    optim: Mapping[str, Any] = field(default_factory=dict)
+    schedule: Mapping[str, Any] = field(default_factory=dict)
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.slots, sorted(self.optim.items()), sorted(self.schedule.items()))
+
+
+MAIN = "main"
+
+
+@dataclass
+class StepResult:
+    """What a step strategy returns: the losses to log, the outputs, whether it was applied.
+
+    ``committed`` is False when the step was skipped (a non-finite loss or gradient with
+    ``train.on_nonfinite=skip``, or an fp16 overflow the gradient scaler skipped): stateful terms
+    and slots are then left untouched.
+    """
+
+    losses: dict[str, torch.Tensor]
+    outputs: Any
+    committed: bool
+
+
+class StepTools(Protocol):
+    """What the engine hands a step strategy."""
+
+    objective: Objective
+
+    def autocast(self) -> AbstractContextManager[None]:
+        """Mixed precision as ``train.amp`` says (a no-op without it)."""
+        ...
+
+    def forward(self, wanted: Mapping[str, Sequence[str]], batch: Mapping[str, torch.Tensor]
+                ) -> Any:
+        """One forward per slot over the concatenated views (autocast, grad and modes as
+        each slot says)."""
+        ...
+
+    def backward_step(self, loss: torch.Tensor, optimizers: Sequence[str] | None = None,
+                      losses: Mapping[str, torch.Tensor] | None = None) -> bool:
+        """Backward, clip, step ``optimizers`` (all by default) through the gradient scaler;
+        False when the step was skipped."""
+        ...
+
+
+class StepStrategy(Protocol):
+    """One training step: ``strategy(tools, batch, progress) -> StepResult``."""
+
+    def __call__(self, tools: StepTools, batch: Mapping[str, torch.Tensor],
+                 progress: Progress) -> StepResult:
+        ...
+
+
+class OneBackward:
+    """The default step: every slot's forward, the whole objective, one backward, every
+    optimizer stepped."""
+
+    def __call__(self, tools: StepTools, batch: Mapping[str, torch.Tensor],
+                 progress: Progress) -> StepResult:
+        with tools.autocast():
+            outputs = tools.forward(tools.objective.inputs(), batch)
+            losses = tools.objective(outputs, batch, progress)
+        committed = tools.backward_step(losses["loss"], losses=losses)
+        return StepResult(losses, outputs, committed)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OneBackward)
+
+    def __hash__(self) -> int:
+        return hash(OneBackward)
