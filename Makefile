@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install install-test lint bench clean
+.PHONY: demo test install install-test lint bench bench-cds clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: install-test
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py
+
+# the CDS family on CIFAR-10 at CPU scale (~1 h on 2 cores, resumable), then its README table
+bench-cds: install
+	$(BIN)/auxilia compare benchmarks/sweeps/cds_cifar10.yaml
+	$(BIN)/python benchmarks/sweep_tables.py runs/bench/cds_cifar10
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Command line: ``auxilia train | rounds | eval | export | list``."""
+"""Command line: ``auxilia train | rounds | compare | report | eval | export | list``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "train" or any(e.startswith("-") for e in extra)):
+    takes_items = args.command in ("train", "compare")
+    if extra and (not takes_items or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "train":
+    if takes_items:
         args.items = [*args.items, *extra]  # key=value items may follow the options
     try:
         return int(args.func(args) or 0)
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="key=value",
                    help="overrides for every round, applied after the rounds' own")
     p.set_defaults(func=_rounds)
+
+    from auxilia.compare.command import add_compare, add_report
+
+    add_compare(sub)
+    add_report(sub)
 
     p = sub.add_parser("eval", help="evaluate every exit of a run folder or checkpoint")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT")

@@ -9,7 +9,9 @@ The image-file sources (``folder``, ``csv``) live in :mod:`auxilia.data.files`;
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from auxilia.data.splits import labeled_unlabeled, stratified_split, stratified_
 from auxilia.data.types import DatasetSplits, Split
 
 __all__ = ["SOURCES", "DataError", "RawData", "SourceSpec", "channel_stats", "decode_images",
-           "describe_splits", "load_dataset"]
+           "describe_splits", "load_dataset", "read_source", "source_key"]
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,43 @@ def _official_to_splits(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Sp
     return train, val, test
 
 
-def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
+AFTER_READING = ("val_fraction", "test_fraction", "split_seed", "labels_per_class",
+                 "train_subset", "augment", "views", "batch_size", "eval_batch_size",
+                 "num_workers")
+"""Data settings that act after the source is read (a source read once serves them all)."""
+
+
+def source_key(cfg: DataConfig) -> str:
+    """What :func:`read_source`'s result depends on, as a string (for sharing one read)."""
+    kept = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in AFTER_READING}
+    return json.dumps(kept, sort_keys=True)
+
+
+def read_source(cfg: DataConfig) -> RawData:
+    """Read ``cfg.source`` into memory with copies inside and across splits handled.
+
+    The expensive part of :func:`load_dataset` (decoding every image), which depends only on
+    :func:`source_key`'s settings.
+
+    Raises:
+        DataError: unknown source, missing files, undecodable images, fewer than 2 classes.
+    """
+    raw = _get_spec(cfg.source).loader(cfg)
+    if cfg.grayscale and raw.train.images.shape[1] != 1:
+        raise DataError(f"data.grayscale applies to the folder and csv sources, not to "
+                        f"{cfg.source!r} (3 channels)")
+    if len(raw.classes) < 2:
+        raise DataError(f"source {cfg.source!r} has {len(raw.classes)} class "
+                        f"({', '.join(raw.classes)}): a classifier needs at least two; "
+                        + ("check data.csv.label_column and the training CSV's labels"
+                           if cfg.source == "csv" else
+                           "check data.root (it should hold one folder per class)"))
+    _clean(raw, cfg)
+    return raw
+
+
+def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | None = None
+                 ) -> DatasetSplits:
     """Loads ``cfg.source`` into memory and splits it.
 
     Order: official splits → test carve (sources without one; ``test_fraction`` of all
@@ -265,6 +303,9 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
     Args:
         cfg: the data section of the config.
         seed: seed of the ``train_subset`` and ``labels_per_class`` draws.
+        source: what :func:`read_source` gave for this ``cfg``, shared by runs that differ
+            only in what comes after reading (the seed, the splits' fractions); it is not
+            changed.
 
     Returns:
         The in-memory :class:`DatasetSplits`.
@@ -272,18 +313,9 @@ def load_dataset(cfg: DataConfig, seed: int | None = None) -> DatasetSplits:
     Raises:
         DataError: unknown source, missing files, undecodable images, impossible splits.
     """
-    raw = _get_spec(cfg.source).loader(cfg)
+    raw = read_source(cfg) if source is None else dataclasses.replace(
+        source, notes=list(source.notes), origins=dict(source.origins))
     draw_seed = cfg.split_seed if seed is None else seed
-    if cfg.grayscale and raw.train.images.shape[1] != 1:
-        raise DataError(f"data.grayscale applies to the folder and csv sources, not to "
-                        f"{cfg.source!r} (3 channels)")
-    if len(raw.classes) < 2:
-        raise DataError(f"source {cfg.source!r} has {len(raw.classes)} class "
-                        f"({', '.join(raw.classes)}): a classifier needs at least two; "
-                        + ("check data.csv.label_column and the training CSV's labels"
-                           if cfg.source == "csv" else
-                           "check data.root (it should hold one folder per class)"))
-    _clean(raw, cfg)
     train, val, test = _official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
     if cfg.size is not None:

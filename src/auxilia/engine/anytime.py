@@ -48,8 +48,8 @@ from auxilia.engine.reload import load_run
 from auxilia.losses import topk_correct
 
 __all__ = ["REPORT_FILES", "THRESHOLDS", "anytime_report", "checkpoint_label", "early_exit",
-           "exit_costs", "plot_report", "report_names", "report_paths", "trace_exits",
-           "val_thresholds", "write_report"]
+           "exit_costs", "model_flops", "plot_report", "report_names", "report_paths",
+           "sample_images", "trace_exits", "val_thresholds", "write_report"]
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.999, 1.0)
 """Early-exit thresholds for a run without a val split (:func:`val_thresholds` otherwise);
@@ -171,6 +171,29 @@ def exit_costs(model: nn.Module, images: torch.Tensor, repeats: int = 5) -> dict
             "forward_latency_ms": forward_ms}
 
 
+def model_flops(model: nn.Module, strip: nn.Module, image: torch.Tensor) -> dict[str, Any]:
+    """FLOPs per image of the training model, of the deployed one, and of each exit alone.
+
+    Args:
+        model: the multi-exit model with its training heads (traced in eval mode on the CPU).
+        strip: the deployed model (``model.strip()``).
+        image: one normalised image ``[1, C, H, W]``.
+
+    Returns:
+        ``{"trained": every op of one forward with all heads (per view), "deployed": the
+        deployed model's forward, "exits": {name: the ops that exit's logits need}}``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    traced = trace_exits(copy.deepcopy(model).cpu().eval(), image.cpu())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:  # the deployed model returns plain logits
+        copy.deepcopy(strip).cpu().eval()(image.cpu())
+    return {"trained": int(sum(traced.op_flops)), "deployed": int(counter.get_total_flops()),
+            "exits": {name: int(traced.cost(mask)["flops"])
+                      for name, mask in traced.masks.items()}}
+
+
 @torch.no_grad()
 def _wall_time(model: nn.Module, x: torch.Tensor) -> float:
     start = time.perf_counter()
@@ -251,7 +274,7 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
     setup, checkpoint = load_run(path, which, data_root=data_root)
     cfg = setup.config
     names, logits = _split_logits(setup, splits)
-    sample = _sample_images(setup, latency_batch)
+    sample = sample_images(setup, latency_batch)
     costs = exit_costs(setup.model, sample, repeats)
     exits = {name: {**costs["exits"][name],
                     **{s: _accuracy(lg[i], y) for s, (lg, y) in logits.items()}}
@@ -330,7 +353,7 @@ def _logits(setup: Any, split: Split) -> tuple[list[str], torch.Tensor]:
                           setup.config.data.eval_batch_size, setup.device)
 
 
-def _sample_images(setup: Any, size: int) -> torch.Tensor:
+def sample_images(setup: Any, size: int) -> torch.Tensor:
     data = setup.data
     split = next(s for s in (data.val, data.test, data.train) if len(s))
     images = split.images[:size]

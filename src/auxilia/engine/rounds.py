@@ -37,8 +37,9 @@ from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.setup import pick_device
 from auxilia.paths import regular_file
 
-__all__ = ["Pipeline", "PlannedRound", "Round", "RoundResult", "RoundsError", "load_pipeline",
-           "plan_pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "PlannedRound", "Round", "RoundResult", "RoundsError",
+           "config_differences", "folder_status", "load_pipeline", "plan_pipeline",
+           "read_summary", "run_pipeline"]
 
 Status = Literal["trained", "resumed", "skipped"]
 _DOING = {"trained": "training in", "resumed": "resuming", "skipped": "finished, skipping"}
@@ -47,6 +48,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 """A round's name: also what ``{name}`` may hold, so that a YAML flow mapping such as
 ``{s1: 0.3}`` in an override's value is never taken for a reference."""
 REFERENCE = re.compile(r"\{(" + NAME.pattern + r")\}")
+
+
+UNRESOLVED = ("auto", "native")
+"""Config values the run folder records resolved (against the data)."""
 
 
 class RoundsError(ConfigError):
@@ -196,7 +201,7 @@ def plan_pipeline(pipeline: Pipeline) -> list[PlannedRound]:
         config = _round_config(pipeline.name, rnd, raw, items)
         folder = RunFolder(Path(config.run.dir) / config.run_name())
         folders[rnd.name] = folder.path
-        plans.append(PlannedRound(rnd, config, folder, uses, _status(config, folder)))
+        plans.append(PlannedRound(rnd, config, folder, uses, folder_status(config, folder)))
     for plan in plans:
         _check_existing(plan, {p.round.name: p for p in plans})
     return plans
@@ -278,7 +283,8 @@ def _round_config(pipeline: str, rnd: Round, base: dict[str, Any], items: list[s
 # --------------------------------------------------------------------------- folders
 
 
-def _status(config: Config, folder: RunFolder) -> Status:
+def folder_status(config: Config, folder: RunFolder) -> Status:
+    """``skipped`` (a finished run), ``resumed`` (a ``last.pt``) or ``trained``."""
     if _finished(config, folder):
         return "skipped"
     return "resumed" if folder.last.is_file() else "trained"
@@ -286,7 +292,7 @@ def _status(config: Config, folder: RunFolder) -> Status:
 
 def _finished(config: Config, folder: RunFolder) -> bool:
     """Whether ``folder`` holds a summary (written after the last step) of all the steps."""
-    summary = _read_summary(folder)
+    summary = read_summary(folder)
     try:
         n_train = summary["splits"]["train"]["count"]
         # the loop's step count: train.steps, or epochs of full batches (drop_last)
@@ -297,7 +303,7 @@ def _finished(config: Config, folder: RunFolder) -> bool:
         return False
 
 
-def _read_summary(folder: RunFolder) -> dict[str, Any]:
+def read_summary(folder: RunFolder) -> dict[str, Any]:
     try:
         summary = json.loads(folder.summary.read_text())
     except (OSError, ValueError):
@@ -315,7 +321,7 @@ def _check_existing(plan: PlannedRound, plans: Mapping[str, PlannedRound]) -> No
             f"round {plan.round.name!r}: {plan.folder.path} holds a run made from round "
             f"{stale[0]!r}, which has no finished run and would be trained again; delete "
             f"{plan.folder.path} so that it is trained again too")
-    differ = _config_differences(plan)
+    differ = config_differences(plan.config, plan.folder)
     if differ:
         raise RoundsError(
             f"round {plan.round.name!r}: {plan.folder.path} holds a run of another config:\n"
@@ -323,17 +329,20 @@ def _check_existing(plan: PlannedRound, plans: Mapping[str, PlannedRound]) -> No
             f"{plan.folder.path} to train this round again")
 
 
-def _config_differences(plan: PlannedRound) -> list[str]:
-    """The keys (that change results) in which the folder's config differs from the round's."""
-    if not plan.folder.config.is_file():
+def config_differences(config: Config, folder: RunFolder, what: str = "the round"
+                       ) -> list[str]:
+    """The keys (that change results) in which ``folder``'s config differs from ``config``."""
+    if not folder.config.is_file():
         return []  # resuming checks the checkpoint's own config
-    saved = _read_yaml(plan.folder.config)
+    saved = _read_yaml(folder.config)
     # the folder records the config with model and size resolved, as training resolves it
-    given, _ = resolve_for(plan.config, None, pick_device(plan.config.train.device))
+    given, _ = resolve_for(config, None, pick_device(config.train.device))
     old, new = run_state.flatten(saved), run_state.flatten(given.to_dict())
-    return [f"  {k}: the run has {old[k]!r}, the round gives {new.get(k)!r}"
+    return [f"  {k}: the run has {old[k]!r}, {what} gives {new.get(k)!r}"
             for k in sorted(old)
-            if old[k] != new.get(k) and not k.startswith(run_state.RESUMABLE_CHANGES)]
+            if old[k] != new.get(k) and not k.startswith(run_state.RESUMABLE_CHANGES)
+            # "auto" / "native" resolve against the data, which is not read here
+            and new.get(k) not in UNRESOLVED]
 
 
 # --------------------------------------------------------------------------- running
@@ -385,7 +394,7 @@ def _refuse_existing(name: str, plans: Sequence[PlannedRound]) -> None:
 def _run_round(pipeline: str, plan: PlannedRound, callbacks: Sequence[Callback]) -> RoundResult:
     name = plan.round.name
     if plan.status == "skipped":
-        return RoundResult(name, "skipped", plan.folder.path, _read_summary(plan.folder))
+        return RoundResult(name, "skipped", plan.folder.path, read_summary(plan.folder))
     # a folder without any checkpoint is what a run that failed before its first one leaves
     overwrite = plan.status == "trained" and not plan.folder.best.is_file()
     try:

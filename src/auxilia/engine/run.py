@@ -20,13 +20,14 @@ from auxilia.config import Config, check_run_name
 from auxilia.data.sources import describe_splits
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
+from auxilia.engine.anytime import model_flops, sample_images
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.runlog import MetricsLog, RunFolder
-from auxilia.engine.setup import build_setup, pick_device
+from auxilia.engine.setup import Setup, build_setup, pick_device
 from auxilia.engine.signals import StopFlag
 from auxilia.report import plot_curves, summarize
 from auxilia.seeding import deterministic_mode
@@ -188,6 +189,7 @@ def _finish(run: RunContext) -> RunResult:
         "params": {"total": _count(setup.model), "deployed": _count(setup.model.strip()),
                    "trainable": sum(p.numel() for p in setup.model.parameters()
                                     if p.requires_grad)},
+        "flops": _flops(setup), "machine": _machine(setup),
         "exits": list(setup.model.exits), "methods": [m.name for m in cfg.method],
         "splits": {name: {"count": len(split), "origin": setup.data.origins.get(name, "")}
                    for name in ("train", "val", "test", "unlabeled")
@@ -198,6 +200,29 @@ def _finish(run: RunContext) -> RunResult:
     if cfg.run.plot:
         plot_curves(folder.read_records(), folder.curves)
     return RunResult(folder.path, summary, setup.model)
+
+
+def _flops(setup: Setup) -> dict[str, Any]:
+    """FLOPs per image (training model, deployed model, each exit) for the comparison tables."""
+    try:
+        return model_flops(setup.model, setup.model.strip(), sample_images(setup, 1))
+    except Exception as err:  # a model the tracer cannot follow still finishes its run
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _machine(setup: Setup) -> dict[str, Any]:
+    """Where the run trained, so that a comparison table can say it."""
+    import os
+    import platform
+
+    import torch
+
+    device = setup.device
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+    return {"device": str(device), "name": name, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform(terse=True)}
 
 
 def _count(model: nn.Module) -> int:
