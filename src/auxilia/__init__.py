@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 
 def train(config: Any = None, *, resume: bool = False, overwrite: bool = False,
-          **overrides: Any) -> Any:
+          teacher: Any = None, **overrides: Any) -> Any:
     """Train a run and return its :class:`~auxilia.engine.RunResult`.
 
     Args:
@@ -17,6 +17,10 @@ def train(config: Any = None, *, resume: bool = False, overwrite: bool = False,
             for the defaults.
         resume: continue the run folder's last checkpoint exactly.
         overwrite: replace an existing run folder.
+        teacher: a run folder (``teacher.run``), a ``teacher:`` section as a dict, or any
+            ``torch.nn.Module`` as the teacher of ``kd``/``hints`` (logits, or a
+            dict of outputs), wrapped by :class:`auxilia.teachers.ModuleTeacher`; give a
+            ``ModuleTeacher(module, exits={"s2": "layer2"})`` to expose intermediate features.
         **overrides: dotted keys written with ``__`` for the dots, e.g. ``optim__lr=0.1``.
 
     Example:
@@ -34,9 +38,13 @@ def train(config: Any = None, *, resume: bool = False, overwrite: bool = False,
         raw = read_yaml(Path(config))
     else:
         raw = {}
+    if isinstance(teacher, str | Path):  # a run folder or checkpoint: teacher.run
+        teacher = {"run": str(teacher)}
+    if isinstance(teacher, dict):  # the config's teacher section
+        raw["teacher"], teacher = teacher, None
     for key, value in overrides.items():
         set_dotted(raw, key.replace("__", "."), value)
-    return engine_train(parse_config(raw), resume=resume, overwrite=overwrite)
+    return engine_train(parse_config(raw), resume=resume, overwrite=overwrite, teacher=teacher)
 
 
 __all__ = ["__version__", "train"]

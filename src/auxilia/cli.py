@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "Train image classifiers with auxiliary supervision. Set AUXILIA_DEBUG=1 for tracebacks."))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a run from a YAML config and key=value overrides")
+    p = sub.add_parser("train", help="train a run from a YAML config and key=value overrides "
+                                     "(or a pipeline file's rounds, as auxilia rounds does)")
     p.add_argument("items", nargs="*", metavar="CONFIG | key=value",
                    help="an optional YAML file first, then dotted overrides like optim.lr=0.1")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -114,6 +115,13 @@ def _train(args: argparse.Namespace) -> int:
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
+    if path is not None and _is_pipeline(Path(path)):
+        if args.resume is not None or args.overwrite:
+            raise ValueError(f"{path} is a pipeline: it resumes its rounds by itself (finished "
+                             "rounds are skipped, an interrupted one resumed); --resume and "
+                             "--overwrite are for single runs")
+        args.pipeline, args.items = path, items
+        return _rounds(args)
     if args.resume and path is None:
         config = _resume_config(Path(args.resume), items)
     else:
@@ -125,6 +133,13 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume is not None, overwrite=args.overwrite)
     _print_summary(result.summary)
     return 0
+
+
+def _is_pipeline(path: Path) -> bool:
+    """Whether a YAML file is a pipeline (it has ``rounds``) rather than a run config."""
+    from auxilia.config import read_yaml
+
+    return "rounds" in read_yaml(path)
 
 
 def _rounds(args: argparse.Namespace) -> int:

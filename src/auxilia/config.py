@@ -24,6 +24,7 @@ from auxilia.data.config import DataConfig
 from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
 from auxilia.strict import Strict
+from auxilia.teachers import TeacherConfig
 
 SEED_MAX = 2**32 - 1
 """Seeds are integers in ``[0, SEED_MAX]``: what ``numpy.random.seed`` accepts (torch takes more,
@@ -210,6 +211,8 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: list[SerializeAsAny[RecipeParams]] = Field(default_factory=list)
+    teacher: TeacherConfig | None = Field(default=None, description="the network distilled "
+                                          "by kd, hints and cds_kd (auxilia.teachers)")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

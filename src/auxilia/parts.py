@@ -89,6 +89,25 @@ class FrozenSlot(Slot):
         return model.requires_grad_(False)
 
 
+@dataclass(frozen=True, eq=False)
+class ModuleSlot(Slot):
+    """A frozen network built before the objective (a teacher the recipes had to measure).
+
+    Equal only to itself: two recipes that declare the same teacher share one slot.
+
+    Args:
+        model: the module, answering the multi-exit contract.
+        source: where it came from, for logs and the run's summary.
+    """
+
+    model: nn.Module
+    source: str = ""
+    mode: Mode = "eval"
+
+    def build(self, name: str, ctx: SlotContext) -> nn.Module:
+        return self.model.requires_grad_(False)
+
+
 @dataclass(frozen=True)
 class EMASlot(Slot):
     """An exponential moving average of another slot (Mean Teacher, Tarvainen & Valpola 2017).

@@ -18,6 +18,7 @@ ZOO_NAMES = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50",
     "wrn_28_2", "wrn_28_8", "wrn_16_2", "wrn_40_2", "convnet13", "small_cnn",
+    "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2",
 ]
 # Pixels a stage loses to valid (unpadded) convs, on top of its stride.
 VALID_CROP = {("convnet13", "s3"): 2}
@@ -25,6 +26,8 @@ VALID_CROP = {("convnet13", "s3"): 2}
 FORWARD_CASES = [(name, 3, 32) for name in sorted(MODELS)] + [
     ("small_cnn", 1, 8),
     ("small_cnn", 1, 28),
+    ("vgg8", 3, 64), ("vgg13", 3, 28), ("mobilenetv2", 1, 40), ("shufflenetv1", 1, 28),
+    ("shufflenetv2", 3, 28),
 ]
 
 
@@ -61,14 +64,31 @@ def test_zoo_forward(name: str, in_chans: int, size: int) -> None:
     _check_contract(model, out, size, name)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "channels"),
+    [("mobilenetv2", {"width": 1.0}, {"s1": 24, "s2": 32, "s3": 96, "s4": 1280}),
+     ("mobilenetv2", {"width": 2.0, "expansion": 4}, {"s1": 48, "s2": 64, "s3": 192, "s4": 2560}),
+     ("shufflenetv2", {"width": 0.5}, {"s1": 48, "s2": 96, "s3": 1024}),
+     ("shufflenetv2", {"width": 2.0}, {"s1": 244, "s2": 488, "s3": 2048})],
+)
+def test_zoo_width_options(name: str, kwargs: dict[str, float], channels: dict[str, int]) -> None:
+    model = create_backbone(name, **kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    _check_contract(model, out, 32, name)
+    assert model.stage_channels == channels
+
+
 # Published parameter counts (millions). He et al. 2016 Table 6 (resnet20/56/110), Zagoruyko &
-# Komodakis 2016 / FixMatch (WRNs), kuangliu pytorch-cifar (resnet18), RepDistiller (x4 nets,
-# minus their 100-way classifier). Checked without our classifier, within 3%: the papers round to
-# two significant digits and use option-A (parameter-free) shortcuts for the CIFAR ResNets.
+# Komodakis 2016 / FixMatch (WRNs), kuangliu pytorch-cifar (resnet18), RepDistiller (x4 nets, VGGs,
+# MobileNetV2 at width 0.5, ShuffleNets; minus their 100-way classifier on the last stage's
+# channels). Checked without our classifier, within 3%: the papers round to two significant digits
+# and use option-A (parameter-free) shortcuts for the CIFAR ResNets.
 PUBLISHED_M = {
     "resnet20": 0.27, "resnet56": 0.85, "resnet110": 1.7, "wrn_28_2": 1.47, "wrn_28_8": 23.4,
     "wrn_40_2": 2.2, "wrn_16_2": 0.69, "resnet18": 11.17, "resnet8x4": 1.23 - 0.0257,
-    "resnet32x4": 7.43 - 0.0257,
+    "resnet32x4": 7.43 - 0.0257, "vgg8": 3.96 - 0.0513, "vgg13": 9.46 - 0.0513,
+    "mobilenetv2": 0.81 - 0.1281, "shufflenetv1": 0.95 - 0.0961, "shufflenetv2": 1.36 - 0.1025,
 }
 
 
@@ -81,7 +101,8 @@ def test_parameter_counts(name: str, millions: float) -> None:
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [("wrn_16_2", {"dropout": 0.3}), ("convnet13", {}), ("timm/efficientnet_b0", {}),
-     ("timm/vit_tiny_patch16_224", {"drop_path_rate": 0.1})],
+     ("timm/vit_tiny_patch16_224", {"drop_path_rate": 0.1}), ("vgg8", {}),
+     ("mobilenetv2", {}), ("shufflenetv1", {}), ("shufflenetv2", {})],
 )
 def test_every_parameter_gets_a_gradient(name: str, kwargs: dict[str, float]) -> None:
     model = create_backbone(name, **kwargs).train()

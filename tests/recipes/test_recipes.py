@@ -12,10 +12,21 @@ import torch
 from auxilia.config import load_config
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.batch import forward_all, make_batch
+from auxilia.engine.context import build_run
 from auxilia.engine.setup import Setup, build_setup
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.recipes import RECIPES
-from auxilia.terms import FeatureL2, KLDistill, Progress, Ref, Term
+from auxilia.terms import (
+    FeatureL2,
+    HintMSE,
+    KLDistill,
+    Progress,
+    ProjectionDistance,
+    Ref,
+    SimilarityKL,
+    SoftTargetCE,
+    Term,
+)
 
 BATCH = 16
 WHERE = Progress(30, 100, 10)
@@ -27,6 +38,9 @@ REFUSALS: dict[tuple[str, str], str] = {
     ("byot", "ddgsd"): TERM_CLASH,
     ("byot", "deep_supervision"): TERM_CLASH,  # (their s1/s2 logits heads differ too)
     ("byot", "supervised"): TERM_CLASH,
+    ("byot", "cds_kd"): TERM_CLASH,  # CDS's CE at 1.0 (kd's and hints' CE give way)
+    ("byot", "dml"): TERM_CLASH,
+    ("byot", "dogo"): TERM_CLASH,
 }
 SINGLES = [(name,) for name in sorted(RECIPES)]
 PAIRS = list(itertools.combinations(sorted(RECIPES), 2))
@@ -40,12 +54,34 @@ def _config(method: str, *extra: str):
                               "train.device=cpu", *extra])
 
 
+TEACHERS: dict[int, MultiExitModel] = {}
+
+
+def teacher_for(data: DatasetSplits | None) -> MultiExitModel | None:
+    """A CDS-shaped teacher (projection heads on every stage) for the digits builds: the
+    distillation recipes read its logits, features and projections."""
+    if data is None:
+        return None
+    if id(data) not in TEACHERS:
+        TEACHERS[id(data)] = build_setup(_config("cds", "seed=7"), data).model.eval()
+    return TEACHERS[id(data)]
+
+
 def build(method: str, *extra: str, data: DatasetSplits | None = None) -> Built:
-    """Build a run, make the first batch and run the objective's forwards."""
-    setup = build_setup(_config(method, *extra), data)
+    """Build a run (every slot), make the first batch and run every slot's forwards."""
+    setup = build_setup(_config(method, *extra), data, teacher=teacher_for(data))
+    run = build_run(setup)
+    setup.slot_models = run.models  # type: ignore[attr-defined]
     batch = make_batch(setup, torch.arange(BATCH))
-    outputs = forward_all({"student": setup.model}, setup.objective.inputs(), batch)
+    outputs = run.forward(setup.objective.inputs(), batch)
     return setup, batch, outputs
+
+
+def trainable(setup: Setup) -> dict[str, MultiExitModel]:
+    """The models gradient may reach: the student and any peer."""
+    models = getattr(setup, "slot_models", {"student": setup.model})
+    return {n: m for n, m in models.items()
+            if n == "student" or setup.objective.slots[n].trained}
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +98,10 @@ def _method(names: tuple[str, ...]) -> str:
 
 def live_refs(term: Term) -> tuple[Ref, ...]:
     """The references gradient flows through: a distillation target is detached."""
-    if isinstance(term, KLDistill):
+    if isinstance(term, KLDistill | FeatureL2 | SoftTargetCE | HintMSE):
         return (term.student,)
-    if isinstance(term, FeatureL2):
-        return (term.student,)
+    if isinstance(term, ProjectionDistance | SimilarityKL):
+        return term.student
     return term.refs()
 
 
@@ -89,9 +125,10 @@ def producers(model: MultiExitModel, x: torch.Tensor) -> dict[tuple[str, str], s
     return found
 
 
-def parts(ref: Ref, model: MultiExitModel, heads: Mapping[tuple[str, str], str]) -> set[str]:
-    """Parameter prefixes that gradient through ``ref`` must reach."""
-    if ref.model != "student":
+def parts(ref: Ref, model: MultiExitModel, heads: Mapping[tuple[str, str], str],
+          slot: str = "student") -> set[str]:
+    """Parameter prefixes of slot ``slot`` that gradient through ``ref`` must reach."""
+    if ref.model != slot:
         return set()
     if ref.field == "feat":
         return {"backbone."}
@@ -117,18 +154,25 @@ def reached(model: MultiExitModel) -> set[str]:
 
 def check_terms(label: str, built: Built) -> None:
     setup, batch, outputs = built
-    model = setup.model
-    heads = producers(model, batch["x_lb"])
+    models = trainable(setup)
+    heads = {slot: producers(m, batch["x_lb"]) for slot, m in models.items()}
+    frozen = [m for n, m in getattr(setup, "slot_models", {}).items() if n not in models]
     for name, term in setup.objective.terms.items():
-        model.zero_grad(set_to_none=True)
+        for model in models.values():
+            model.zero_grad(set_to_none=True)
         value = term.compute(outputs, batch, WHERE)
         assert torch.isfinite(value) and value.item() > 0, f"{label}.{name} = {value}"
         value.backward(retain_graph=True)
         # a parameter-free head (CDS's projection of the last stage: pool + normalise) has
         # nothing to reach
-        must = set().union(*(parts(r, model, heads) for r in live_refs(term))) & all_parts(model)
-        assert must, f"{label}.{name} reads nothing of the student"
-        assert reached(model) == must, f"{label}.{name}: gradient reaches {reached(model)}"
+        musts = {slot: set().union(*(parts(r, m, heads[slot], slot) for r in live_refs(term)))
+                 & all_parts(m) for slot, m in models.items()}
+        assert any(musts.values()), f"{label}.{name} reads nothing of a trained model"
+        for slot, model in models.items():
+            assert reached(model) == musts[slot], (
+                f"{label}.{name}: gradient reaches {slot}'s {reached(model)}")
+        for model in frozen:  # a teacher: no gradient, ever
+            assert all(p.grad is None and not p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize("names", SINGLES + COMBINABLE, ids="+".join)
@@ -151,13 +195,17 @@ Grads = dict[str, dict[str, torch.Tensor]]
 def term_grads(setup: Setup, batch: dict, wanted: dict, names: list[str]) -> Grads:
     """Term name → every parameter's gradient of that term, one forward on ``wanted`` views."""
     saved = {k: v.clone() for k, v in setup.objective.state_dict().items()}
-    outputs = forward_all({"student": setup.model}, wanted, batch)
+    models = getattr(setup, "slot_models", {"student": setup.model})
+    no_grad = [n for n in models if n != "student" and not setup.objective.slots[n].grad]
+    outputs = forward_all(models, wanted, batch, no_grad=no_grad)
     grads: Grads = {}
     for name in names:
-        setup.model.zero_grad(set_to_none=True)
+        for model in trainable(setup).values():
+            model.zero_grad(set_to_none=True)
         setup.objective.terms[name].compute(outputs, batch, WHERE).backward(retain_graph=True)
-        grads[name] = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
-                       for n, p in setup.model.named_parameters()}
+        grads[name] = {f"{slot}.{n}": torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                       for slot, m in trainable(setup).items()
+                       for n, p in m.named_parameters()}
     setup.objective.load_state_dict(saved)  # PS-KD's bank: the next use sees it as it was
     return grads
 
@@ -172,7 +220,8 @@ def alone(digits: DatasetSplits):
             setup, batch, _ = build(_method((method,)), data=digits)
             wanted = setup.objective.inputs()
             grads = term_grads(setup, batch, wanted, list(setup.objective.terms))
-            cache[method] = (setup.model.state_dict(), batch, wanted, grads)
+            weights = {slot: m.state_dict() for slot, m in trainable(setup).items()}
+            cache[method] = (weights, batch, wanted, grads)
         return cache[method]
 
     return get
@@ -181,8 +230,10 @@ def alone(digits: DatasetSplits):
 def check_unchanged(method: str, both: Setup, alone) -> None:
     """Each term of ``method`` has, in the combination ``both``, the gradient it has alone."""
     weights, batch, wanted, want = alone(method)
-    loaded = both.model.load_state_dict(weights, strict=False)
-    assert not loaded.unexpected_keys  # the same weights: only the other's heads are extra
+    models = trainable(both)
+    for slot, state in weights.items():
+        loaded = models[slot].load_state_dict(state, strict=False)
+        assert not loaded.unexpected_keys  # the same weights: only the other's heads are extra
     # the same inputs: the method's own batch on its own views (BatchNorm sees the same samples)
     got = term_grads(both, batch, wanted, list(want))
     for name, grads in want.items():
@@ -204,9 +255,9 @@ def test_metric_leaves_deep_supervisions_main_ce_on_the_backbone(
     """The linear probe once detached the main classifier for the whole model (issue 9)."""
     weights, batch, wanted, want = alone("deep_supervision")
     both, _, _ = build("[metric, deep_supervision]", data=digits)
-    both.model.load_state_dict(weights, strict=False)
+    both.model.load_state_dict(weights["student"], strict=False)
     got = term_grads(both, batch, wanted, ["ce"])["ce"]
-    backbone = [n for n in want["ce"] if n.startswith("backbone.")]
+    backbone = [n for n in want["ce"] if n.startswith("student.backbone.")]
     assert all(want["ce"][n].abs().sum() > 0 for n in backbone)
     assert all(torch.allclose(got[n], want["ce"][n]) for n in backbone)
 

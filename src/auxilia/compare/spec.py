@@ -4,7 +4,8 @@ Every run of a sweep is the base config with the sweep's overrides, then the var
 and overrides, then the seed and the budget (``train.epochs`` / ``train.steps``), which no
 variant may change: every variant trains on the same data split, from the same initialisation
 and views at each seed (the engine's per-purpose seeds), for the same number of steps. Runs go
-to ``<run.dir>/<sweep name>/<variant folder>/seed<k>``, ordinary run folders.
+to ``<run.dir>/<sweep name>/<variant folder>/seed<k>``, ordinary run folders. ``{seed}`` in an
+override's value is the run's seed (``teacher.run=runs/teachers/seed{seed}``).
 """
 
 from __future__ import annotations
@@ -292,6 +293,12 @@ def plan_sweep(sweep: Sweep) -> list[PlannedRun]:
     return plans
 
 
+def with_seed(item: str, seed: int) -> str:
+    """An override with ``{seed}`` replaced by the run's seed, e.g.
+    ``teacher.run=runs/teachers/seed{seed}`` for a teacher trained at each seed."""
+    return item.replace("{seed}", str(seed))
+
+
 def _run_config(sweep: Sweep, variant: Variant, seed: int) -> Config:
     base = sweep.base
     raw = ({} if base is None else base.to_dict() if isinstance(base, Config)
@@ -300,11 +307,11 @@ def _run_config(sweep: Sweep, variant: Variant, seed: int) -> Config:
     budget = [f"train.{key}={value:g}" for key, value in sweep.budget.items()]
     try:
         for item in sweep.overrides:
-            apply_override(raw, item)
+            apply_override(raw, with_seed(item, seed))
         if variant.method is not None:
             raw["method"] = copy.deepcopy(variant.method)
         for item in (*variant.overrides, f"seed={seed}", *budget):
-            apply_override(raw, item)
+            apply_override(raw, with_seed(item, seed))
         config = parse_config(raw)
     except ConfigError as err:
         raise SweepError(f"variant {variant.label!r}: {err}") from None

@@ -29,6 +29,7 @@ from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.runlog import MetricsLog, RunFolder
 from auxilia.engine.setup import Setup, build_setup, pick_device
 from auxilia.engine.signals import StopFlag
+from auxilia.engine.teacher import describe_teacher, finish_report, teacher_report
 from auxilia.report import plot_curves, summarize
 from auxilia.seeding import deterministic_mode
 
@@ -61,7 +62,8 @@ class RunResult:
 
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None) -> RunResult:
+          callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None,
+          teacher: nn.Module | None = None) -> RunResult:
     """Train a run described by ``config`` into ``run.dir/<run name>``.
 
     Args:
@@ -73,6 +75,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         callbacks: called as ``cb(step, losses)`` after every optimizer step.
         data: already loaded splits (e.g. shared by the runs of a comparison); by default
             they are loaded from ``config.data``.
+        teacher: any ``nn.Module`` as the teacher of ``kd``/``hints`` (instead of
+            ``config.teacher``); see :mod:`auxilia.teachers`.
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
@@ -92,8 +96,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
                 folder.check(resume=True, overwrite=False)  # names the missing folder
             with folder.lock():  # a run still writing its first checkpoint is named as such
                 folder.check(resume=True, overwrite=False)
-                return _resume(config, folder, data, callbacks, stop)
-        setup = build_setup(config, data)  # fails on bad names before any folder is touched
+                return _resume(config, folder, data, callbacks, stop, teacher)
+        setup = build_setup(config, data, teacher=teacher)  # fails before any folder is touched
         if choice:
             setup.data.notes.insert(0, choice)
         run = build_run(setup)
@@ -115,7 +119,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
 
 
 def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
-            callbacks: Sequence[Callback], stop: StopFlag) -> RunResult:
+            callbacks: Sequence[Callback], stop: StopFlag, teacher: nn.Module | None
+            ) -> RunResult:
     """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
     folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last)
@@ -124,7 +129,7 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
         total = config.train.steps or f"{config.train.epochs:g} epochs of"
         print(f"resuming {folder.path} from step {checkpoint['loop']['step']} "
               f"(of {total} steps; {folder.last})", flush=True)
-    setup = build_setup(config, data)
+    setup = build_setup(config, data, teacher=teacher)
     note = check_same_data(checkpoint, setup.data, folder.path)
     if note:
         setup.data.notes.append(note)
@@ -148,13 +153,16 @@ def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback
             print(f"  {line}", flush=True)
         for note in setup.data.notes:
             print(f"note: {note}", flush=True)
+    teacher = teacher_report(run)
+    if teacher is not None and config.run.progress != "off":
+        print(describe_teacher(teacher), flush=True)
     run.log = MetricsLog(folder, tensorboard=config.run.tensorboard,
                          resume_step=loop.step if resumed else None)
     try:
         run_loop(run, callbacks, stop)
     finally:
         run.log.close()
-    return _finish(run)
+    return _finish(run, finish_report(run, teacher))
 
 
 def _repair_best(run: RunContext) -> None:
@@ -174,7 +182,7 @@ def _repair_best(run: RunContext) -> None:
         run_state.save(folder.best, run)
 
 
-def _finish(run: RunContext) -> RunResult:
+def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
     setup, cfg, loop, folder = run.setup, run.config, run.loop, run.folder
     summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
     seconds = max(loop.train_seconds, 1e-9)
@@ -194,7 +202,7 @@ def _finish(run: RunContext) -> RunResult:
         "splits": {name: {"count": len(split), "origin": setup.data.origins.get(name, "")}
                    for name in ("train", "val", "test", "unlabeled")
                    if (split := getattr(setup.data, name)) is not None},
-        "notes": setup.data.notes,
+        "notes": setup.data.notes, **slots,
     })
     run_state.write_json(folder.summary, summary)
     if cfg.run.plot:

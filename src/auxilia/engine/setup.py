@@ -17,6 +17,7 @@ from auxilia.data.views import build_view
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.batch import view_stream
 from auxilia.engine.memory import check_step_memory
+from auxilia.engine.teacher import build_teacher
 from auxilia.models.backbone import Backbone
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
@@ -96,8 +97,8 @@ def seed_everything(seed: int, purpose: str = "build") -> None:
     torch.manual_seed(derive_seed(seed, purpose))
 
 
-def build_setup(config: Config, data: DatasetSplits | None = None, *, training: bool = True
-                ) -> Setup:
+def build_setup(config: Config, data: DatasetSplits | None = None, *, training: bool = True,
+                teacher: nn.Module | None = None) -> Setup:
     """Load the data and build model, objective and views, seeded by ``config.seed``.
 
     The backbone, the main classifier and each head are initialised from their own streams
@@ -110,6 +111,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
         data: already loaded splits; by default loaded from ``config.data``.
         training: False to only evaluate or export: the memory check then asks for an
             evaluation batch to fit, not a training step.
+        teacher: a teacher module from the Python API (instead of ``config.teacher``).
 
     Raises:
         ConfigError: an unknown device, or a step that would not fit in memory
@@ -124,9 +126,11 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     seed_everything(config.seed)
     mcfg = config.model
     backbone = _backbone(config, data)
+    loaded = build_teacher(config.teacher, data, device, teacher)
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
                         stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
-                        num_train=len(data.train))
+                        num_train=len(data.train), image_shape=data.image_shape,
+                        seed=config.seed, teacher=loaded)
     objective = build_objective(config.method, ctx)
     for key, recipe in config.data.views.items():
         if key not in objective.views:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -268,12 +269,40 @@ class LinearProbe(nn.Module):
 
 HeadFactory = Callable[..., nn.Module]
 
+class HintRegressor(nn.Module):
+    """FitNet's regressor (Romero et al., ICLR 2015): a student feature map to the teacher's
+    shape, conv3x3 + BN + ReLU (as the CIFAR distillation benchmarks build it), then average
+    pooling (or bilinear up-sampling) to the teacher's side.
+
+    Maps ``[B, in_channels, H, W]`` to ``[B, out_channels, out_size, out_size]``; trained with
+    the student, dropped at export like every head.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int = 0, *, out_channels: int,
+                 out_size: int) -> None:
+        super().__init__()
+        del num_classes
+        self.out_size = out_size
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        if x.shape[-1] > self.out_size:
+            return F.adaptive_avg_pool2d(x, self.out_size)
+        if x.shape[-1] < self.out_size:
+            return F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
+                                 align_corners=False)
+        return x
+
+
 HEADS: dict[str, HeadFactory] = {
     "classifier": ClassifierHead,
     "sepconv_proj": SepConvProjection,
     "mlp_proj": MLPProjection,
     "byot": BYOTHead,
     "probe": LinearProbe,
+    "hint_regressor": HintRegressor,
 }
 """Registry of heads: kind → ``factory(in_channels, num_classes, **options)``."""
 

@@ -15,11 +15,22 @@ from typing import Any
 
 from auxilia.models.backbone import Backbone
 from auxilia.models.weights import read_state_dict
-from auxilia.models.zoo import cifar_resnet, convnet13, resnet, small_cnn, wrn
+from auxilia.models.zoo import (
+    cifar_resnet,
+    convnet13,
+    mobilenetv2,
+    resnet,
+    shufflenet,
+    small_cnn,
+    vgg,
+    wrn,
+)
 
 TIMM_PREFIX = "timm/"
 
-_ZOO_MODULES: tuple[ModuleType, ...] = (cifar_resnet, resnet, wrn, convnet13, small_cnn)
+_ZOO_MODULES: tuple[ModuleType, ...] = (
+    cifar_resnet, resnet, wrn, convnet13, small_cnn, vgg, mobilenetv2, shufflenet,
+)
 
 
 def _merge(modules: tuple[ModuleType, ...]) -> dict[str, Callable[..., Backbone]]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from auxilia.strict import Strict
+from auxilia.teachers import LoadedTeacher
 from auxilia.terms import CrossEntropy, Objective, Ref, Term
 
 
@@ -24,6 +25,19 @@ class RecipeContext:
     stage_strides: dict[str, int]
     num_classes: int
     num_train: int = 0  # labeled training samples: the size of per-sample banks
+    image_shape: tuple[int, int, int] = (3, 32, 32)  # the student's input (C, H, W)
+    seed: int = 0  # the run's seed: terms with parameters initialise from streams of it
+    teacher: LoadedTeacher | None = None  # the configured teacher, built before the objective
+
+
+def require_teacher(method: str, ctx: RecipeContext) -> LoadedTeacher:
+    """The run's teacher, or an error that says how to give one."""
+    if ctx.teacher is None:
+        raise ValueError(f"{method} distils a teacher, and none is configured: set "
+                         "teacher.run=<an auxilia run folder or checkpoint>, or teacher.model="
+                         "<name> with teacher.weights=<file>, or pass teacher=<nn.Module> to "
+                         "auxilia.train")
+    return ctx.teacher
 
 
 @dataclass(frozen=True)
@@ -54,9 +68,16 @@ def check_exits(method: str, exits: list[str], ctx: RecipeContext, final_ok: boo
                          f"valid: {', '.join(valid)}")
 
 
-def ce_terms(weight: float, views: tuple[str, ...]) -> list[Term]:
-    """Cross-entropy of the main exit on each view (``ce``, ``ce_x_lb2``, ...)."""
+def ce_terms(weight: float, views: tuple[str, ...], *, yields: bool = False) -> list[Term]:
+    """Cross-entropy of the main exit on each view (``ce``, ``ce_x_lb2``, ...).
+
+    ``yields``: the weight is a default that gives way to the same term of a method it is
+    combined with (:meth:`auxilia.terms.Objective` keeps the other's).
+    """
     if weight == 0:
         return []
-    return [CrossEntropy("ce" if v == "x_lb" else f"ce_{v}", Ref(v), weight=weight)
-            for v in views]
+    terms: list[Term] = [CrossEntropy("ce" if v == "x_lb" else f"ce_{v}", Ref(v), weight=weight)
+                         for v in views]
+    for term in terms:
+        term.yields = yields
+    return terms

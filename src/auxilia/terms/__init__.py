@@ -13,8 +13,18 @@ from auxilia.terms.core import (
     Ref,
     Term,
 )
-from auxilia.terms.distill import Discrepancy, FeatureL2, KLDistill, PredictionBankCE
+from auxilia.terms.distill import (
+    Discrepancy,
+    FeatureL2,
+    HintMSE,
+    KLDistill,
+    PredictionBankCE,
+    ProjectionDistance,
+    SimilarityKL,
+    SoftTargetCE,
+)
 from auxilia.terms.metric import SupCon, Triplet
 
-__all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "KLDistill", "Objective",
-           "Outputs", "PredictionBankCE", "Progress", "Ref", "SupCon", "Term", "Triplet"]
+__all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "HintMSE", "KLDistill",
+           "Objective", "Outputs", "PredictionBankCE", "Progress", "ProjectionDistance", "Ref",
+           "SimilarityKL", "SoftTargetCE", "SupCon", "Term", "Triplet"]

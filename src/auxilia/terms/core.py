@@ -75,7 +75,14 @@ class Progress:
 
 
 class Term(nn.Module):
-    """One weighted loss. Subclasses implement :meth:`compute` and list their :meth:`refs`."""
+    """One weighted loss. Subclasses implement :meth:`compute` and list their :meth:`refs`.
+
+    ``yields``: a default term that gives way to a term of the same name from a method it is
+    combined with (``kd``'s CE at 0.1 beside ``cds``'s at 1.0 becomes ``cds``'s), instead of the
+    combination being refused.
+    """
+
+    yields: bool = False
 
     def __init__(self, name: str, weight: float = 1.0) -> None:
         super().__init__()
@@ -170,6 +177,11 @@ class Objective(nn.Module):
     def _add_term(self, term: Term) -> None:
         if term.name in self.terms:
             old = self.terms[term.name]
+            if old.signature() == term.signature() or term.yields:  # type: ignore[operator]
+                return  # the same term, or a default that gives way to the one there
+            if old.yields:  # type: ignore[truthy-function]
+                self.terms[term.name] = term
+                return
             if old.signature() != term.signature():  # type: ignore[operator]
                 raise ValueError(
                     f"two methods define a term {term.name!r} differently: {old.signature()} vs "

@@ -1,5 +1,6 @@
-"""Terms where one output teaches another: KD between exits or views, feature hints,
-feature-distribution matching, and a per-sample bank of past predictions (PS-KD)."""
+"""Terms where one output teaches another: KD between exits, views or networks, soft-target CE,
+feature hints (BYOT, FitNet), projection distances (CDS's distillation), peer similarity
+(DoGo), feature-distribution matching, and a per-sample bank of past predictions (PS-KD)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from auxilia.losses import cross_entropy, kd_kl, mean_difference, mmd
+from auxilia.seeding import seeded
 from auxilia.terms.core import Batch, Outputs, Progress, Ref, Term
 
 
@@ -124,3 +127,125 @@ class PredictionBankCE(Term):
         idx = batch[self.index_key]
         self.bank[idx] = self.ref.read(outputs).detach().float().softmax(dim=1)
         self.seen[idx] = True
+
+
+class SoftTargetCE(Term):
+    """Soft-target cross-entropy at temperature T, as the CDS paper's distillation computes it:
+    ``−(1/B) Σ_b Σ_k softmax(t/T)_bk · log_softmax(s/T)_bk``, the teacher detached, with no T²
+    factor (unlike :class:`KLDistill`; the two differ by the teacher's entropy and T²)."""
+
+    def __init__(self, name: str, student: Ref, teacher: Ref, temperature: float,
+                 weight: float = 1.0) -> None:
+        super().__init__(name, weight)
+        self.student, self.teacher, self.temperature = student, teacher, temperature
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (self.student, self.teacher)
+
+    def options(self) -> tuple[Any, ...]:
+        return (self.temperature,)
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        t = self.teacher.read(outputs).detach().float() / self.temperature
+        return cross_entropy(self.student.read(outputs).float() / self.temperature,
+                             t.softmax(dim=1))
+
+
+class HintMSE(Term):
+    """FitNet's hint (Romero et al., ICLR 2015): mean squared error between the student's
+    regressed feature ``[B, C_t, H_t, W_t]`` and the teacher's detached feature, averaged over
+    every element (``nn.MSELoss()``, as the CIFAR distillation benchmarks weight it by 100)."""
+
+    def __init__(self, name: str, student: Ref, teacher: Ref, weight: float = 1.0) -> None:
+        super().__init__(name, weight)
+        self.student, self.teacher = student, teacher
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (self.student, self.teacher)
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        s, t = self.student.read(outputs).float(), self.teacher.read(outputs).detach().float()
+        if s.shape != t.shape:
+            raise ValueError(f"{self.name}: the student's hint {tuple(s.shape)} and the "
+                             f"teacher's feature {tuple(t.shape)} differ in shape")
+        return F.mse_loss(s, t)
+
+
+class ProjectionDistance(Term):
+    """The CDS paper's feature distillation: ``‖P_t − A(P_s)‖₂``, the Euclidean (Frobenius)
+    distance between the teacher's and the student's normalised projections over the whole
+    batch of every view (``torch.dist(t, s, p=2)`` in its public code, not squared, not averaged),
+    the teacher detached. ``A`` is a learned linear adaptation when the widths differ, owned by
+    this term (so it is in the optimizer and never in an export).
+
+    Args:
+        student: the student's projections, one :class:`Ref` per view ``[B, D_s]``.
+        teacher: the teacher's, on the same views ``[B, D_t]``.
+        student_dim, teacher_dim: ``D_s`` and ``D_t``.
+        init_seed: the stream the adaptation layer is initialised from.
+    """
+
+    def __init__(self, name: str, student: tuple[Ref, ...], teacher: tuple[Ref, ...],
+                 student_dim: int, teacher_dim: int, init_seed: int = 0,
+                 weight: float = 1.0) -> None:
+        super().__init__(name, weight)
+        if len(student) != len(teacher):
+            raise ValueError(f"{name}: {len(student)} student views vs {len(teacher)} teacher's")
+        self.student, self.teacher = student, teacher
+        self.dims = (student_dim, teacher_dim)
+        self.adapt: nn.Module = nn.Identity()
+        if student_dim != teacher_dim:
+            with seeded(init_seed):
+                self.adapt = nn.Linear(student_dim, teacher_dim)
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (*self.student, *self.teacher)
+
+    def options(self) -> tuple[Any, ...]:
+        return self.dims
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        s = torch.cat([r.read(outputs) for r in self.student]).float()
+        t = torch.cat([r.read(outputs) for r in self.teacher]).detach().float()
+        return (t - self.adapt(s)).flatten().norm(p=2)
+
+
+class SimilarityKL(Term):
+    """Distill on the Go's peer-similarity loss (Bhat et al., 2021): each row of the cosine
+    similarity matrix of a model's projections (self-pairs excluded), softmaxed at τ, matches
+    the same row of the detached peer's: ``(1/N) Σ_i KL(q_i ‖ p_i)`` over the ``N`` samples of
+    all views, ``p`` the student's and ``q`` the peer's distributions.
+
+    Args:
+        student: the projections trained here, one :class:`Ref` per view ``[B, D]``.
+        peer: the peer's projections on the same views (detached).
+        temperature: τ (0.1 in the paper).
+    """
+
+    def __init__(self, name: str, student: tuple[Ref, ...], peer: tuple[Ref, ...],
+                 temperature: float = 0.1, weight: float = 1.0) -> None:
+        super().__init__(name, weight)
+        self.student, self.peer, self.temperature = student, peer, temperature
+
+    def refs(self) -> tuple[Ref, ...]:
+        return (*self.student, *self.peer)
+
+    def options(self) -> tuple[Any, ...]:
+        return (self.temperature,)
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        log_p = _similarity_log_probs(torch.cat([r.read(outputs) for r in self.student]),
+                                      self.temperature)
+        with torch.no_grad():
+            log_q = _similarity_log_probs(torch.cat([r.read(outputs) for r in self.peer]),
+                                          self.temperature)
+        q = log_q.exp()
+        return (q * (log_q - log_p)).masked_fill(q == 0, 0.0).sum(dim=1).mean()
+
+
+def _similarity_log_probs(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Row-wise log-softmax of ``cos(z_i, z_j)/τ`` with ``j ≠ i`` (the diagonal gets −inf)."""
+    z = F.normalize(z.float(), dim=1)
+    sim = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    return sim.masked_fill(eye, float("-inf")).log_softmax(dim=1)
