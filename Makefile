@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install install-test lint bench bench-cds clean
+.PHONY: demo test install install-test lint bench bench-cds bench-kd clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: install
 bench-cds: install
 	$(BIN)/auxilia compare benchmarks/sweeps/cds_cifar10.yaml
 	$(BIN)/python benchmarks/sweep_tables.py runs/bench/cds_cifar10
+
+# knowledge distillation on CIFAR-10 at CPU scale: a teacher per seed, then the students
+# (~40 min on 2 cores, resumable), then the README table
+bench-kd: install
+	$(BIN)/auxilia compare benchmarks/sweeps/kd_cifar10_teachers.yaml
+	$(BIN)/python benchmarks/sweep_tables.py runs/bench/kd_cifar10_teachers
+	$(BIN)/auxilia compare benchmarks/sweeps/kd_cifar10.yaml
+	$(BIN)/python benchmarks/sweep_tables.py runs/bench/kd_cifar10
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

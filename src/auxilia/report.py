@@ -24,6 +24,9 @@ def summarize(evals: list[dict[str, Any]], best: dict[str, Any] | None, k: int
     last = evals[-1]
     tail = evals[-k:]
     keys = [key for key in last if key.startswith(("val/", "test/")) and key.endswith("top1")]
+    if not keys:  # a dense task: its losses
+        keys = [key for key in last if key.startswith(("val/", "test/"))
+                and key.endswith(("/loss", "_mse"))]
     median: dict[str, Any] = {"k": len(tail)}
     if any(key.startswith("test/") for key in keys):
         median["k_test"] = sum(1 for e in tail if any(key.startswith("test/") for key in e))

@@ -144,8 +144,8 @@ def _nan_gradient_at(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> Any:
     done = [0]
     real = run.build_setup
 
-    def build_setup(config: Config, data: Any = None) -> Any:
-        setup = real(config, data)
+    def build_setup(config: Config, data: Any = None, **kwargs: Any) -> Any:
+        setup = real(config, data, **kwargs)
         param = next(setup.model.parameters())
         param.register_hook(lambda g: g * float("nan") if done[0] == bad_step - 1 else g)
         return setup

@@ -27,8 +27,8 @@ def test_soft_target_ce_is_the_cds_codes_formula(temperature: float) -> None:
                                teacher={"final": {"logits": t}}), {}, WHERE)
     loop = 0.0
     for b in range(4):
-        zs = [math.exp(float(v) / temperature) for v in s[b]]
-        zt = [math.exp(float(v) / temperature) for v in t[b]]
+        zs = [math.exp(float(v) / temperature) for v in s[b].detach()]
+        zt = [math.exp(float(v) / temperature) for v in t[b].detach()]
         loop -= sum(zt[k] / sum(zt) * math.log(zs[k] / sum(zs)) for k in range(5))
     assert value.item() == pytest.approx(loop / 4, rel=1e-5)
     value.backward()
@@ -38,11 +38,13 @@ def test_soft_target_ce_is_the_cds_codes_formula(temperature: float) -> None:
 def test_hint_mse_averages_every_element_and_detaches_the_teacher() -> None:
     s = torch.randn(2, 3, 4, 4, requires_grad=True)
     t = torch.randn(2, 3, 4, 4, requires_grad=True)
-    term = HintMSE("fitnet_s2", Ref("x_lb", "s2", "fitnet"), Ref("x_lb", "s2", "feat", model="teacher"))
+    term = HintMSE("fitnet_s2", Ref("x_lb", "s2", "fitnet"),
+                   Ref("x_lb", "s2", "feat", model="teacher"))
     value = term.compute(_outs(student={"s2": {"fitnet": s}}, teacher={"s2": {"feat": t}}),
                          {}, WHERE)
-    loop = sum((float(a) - float(b)) ** 2 for a, b in zip(s.flatten(), t.flatten(),
-                                                           strict=True)) / s.numel()
+    loop = sum((float(a) - float(b)) ** 2 for a, b in zip(s.detach().flatten(),
+                                                           t.detach().flatten(), strict=True))
+    loop /= s.numel()
     assert value.item() == pytest.approx(loop, rel=1e-5)
     value.backward()
     assert t.grad is None
@@ -65,7 +67,7 @@ def test_projection_distance_is_the_frobenius_distance_over_both_views(
                               s_dim, t_dim, init_seed=3)
     value = term.compute(outs, {}, WHERE)
     adapted = [term.adapt(s[v]) for v in views]  # identity when the widths agree
-    loop = math.sqrt(sum(float((t[v][i, j] - adapted[k][i, j]) ** 2)
+    loop = math.sqrt(sum(float((t[v][i, j] - adapted[k][i, j]).detach() ** 2)
                          for k, v in enumerate(views) for i in range(3) for j in range(t_dim)))
     assert value.item() == pytest.approx(loop, rel=1e-5)
     value.backward()
@@ -87,6 +89,7 @@ def test_similarity_kl_matches_its_loop_and_is_zero_against_itself() -> None:
                          {}, WHERE)
 
     def rows(x: torch.Tensor) -> list[list[float]]:
+        x = x.detach()
         n = [[float(v) / math.sqrt(sum(float(u) ** 2 for u in r)) for v in r] for r in x]
         out = []
         for i in range(4):

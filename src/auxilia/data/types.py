@@ -21,12 +21,17 @@ class Split:
             :func:`auxilia.data.sources.load_dataset`.
         names: where each sample came from, ``[N]`` strings: a file path relative to the
             data root, or ``<split>[<index>]`` for array datasets.
+        targets: dense regression targets of a task whose output is a dict of maps (a grasp
+            detector's position / cos / sin / width): ``{field: float [N, C, H, W]}``. Batches
+            carry them as ``target_<stream keys>_<field>``; evaluation then reports each
+            field's mean squared error.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     keys: torch.Tensor | None = None
     names: np.ndarray | None = None
+    targets: dict[str, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -35,15 +40,17 @@ class Split:
         """The samples ``idx`` (an ``int64`` index tensor), with their keys and names."""
         return Split(self.images[idx], self.labels[idx],
                      None if self.keys is None else self.keys[idx],
-                     None if self.names is None else self.names[idx.numpy()])
+                     None if self.names is None else self.names[idx.numpy()],
+                     None if self.targets is None else {k: v[idx] for k, v in
+                                                        self.targets.items()})
 
     def with_images(self, images: torch.Tensor) -> Split:
         """The same samples with other pixels (e.g. resized)."""
-        return Split(images, self.labels, self.keys, self.names)
+        return Split(images, self.labels, self.keys, self.names, self.targets)
 
     def with_labels(self, labels: torch.Tensor) -> Split:
         """The same samples with other labels (e.g. hidden: ``-1``)."""
-        return Split(self.images, labels, self.keys, self.names)
+        return Split(self.images, labels, self.keys, self.names, self.targets)
 
     @staticmethod
     def cat(a: Split, b: Split) -> Split:
@@ -51,8 +58,10 @@ class Split:
         keys = None if a.keys is None or b.keys is None else torch.cat([a.keys, b.keys])
         names = (None if a.names is None or b.names is None
                  else np.concatenate([a.names, b.names]))
+        targets = (None if a.targets is None or b.targets is None
+                   else {k: torch.cat([v, b.targets[k]]) for k, v in a.targets.items()})
         return Split(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), keys,
-                     names)
+                     names, targets)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -61,6 +70,11 @@ class Split:
         if self.labels.shape[0] != self.images.shape[0]:
             raise ValueError("Split.images and Split.labels differ in length: "
                              f"{self.images.shape[0]} vs {self.labels.shape[0]}")
+        for name, target in (self.targets or {}).items():
+            if target.shape[0] != self.labels.shape[0] or not target.is_floating_point():
+                raise ValueError(f"Split.targets[{name!r}] must be float [N, ...] for the "
+                                 f"{self.labels.shape[0]} samples, got {target.dtype} "
+                                 f"{tuple(target.shape)}")
         for name, value in (("keys", self.keys), ("names", self.names)):
             if value is not None and len(value) != self.labels.shape[0]:
                 raise ValueError(f"Split.{name} has {len(value)} entries for "

@@ -65,6 +65,8 @@ def make_batch(setup: Setup, indices: Mapping[str, torch.Tensor] | torch.Tensor,
         raw[name] = split.images[idx].to(device, non_blocking=True)
         if split.labels is not None and spec.split != "unlabeled":
             batch[f"y_{spec.keys}"] = split.labels[idx].to(device)
+        for field, target in (split.targets or {}).items():
+            batch[f"target_{spec.keys}_{field}"] = target[idx].to(device, non_blocking=True)
         batch[f"idx_{spec.keys}"] = idx.to(device)
     for key, view in setup.train_views.items():
         with seeded(derive_seed(cfg.seed, "view", key, step), device):

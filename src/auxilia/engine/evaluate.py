@@ -27,26 +27,45 @@ def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch
         yield split.images[rows], split.labels[rows]
 
 
+def _dense_errors(outs: dict, targets: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]
+                  ) -> None:
+    """Add each exit's summed squared error on every target field to ``sums``."""
+    for exit_name, fields in outs.items():
+        for field, target in targets.items():
+            if field in fields:
+                key = f"{exit_name}/{field}_mse"
+                err = (fields[field].float() - target.float()).square().sum()
+                sums[key] = sums.get(key, 0) + err
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int,
              device: torch.device, amp: bool = False, amp_dtype: torch.dtype = torch.bfloat16,
              channels_last: bool = False) -> dict[str, float]:
-    """Accuracy of every exit with logits on a split.
+    """Accuracy of every exit with logits on a split; for a split with dense targets
+    (``Split.targets``), every exit's mean squared error on each target field instead.
 
     Returns:
-        ``{"<exit>/top1": %, "<exit>/top5": %, "loss": mean CE of the final exit}``.
+        ``{"<exit>/top1": %, "<exit>/top5": %, "loss": mean CE of the final exit}``, or with
+        dense targets ``{"<exit>/<field>_mse": ..., "loss": Σ_fields MSE at the deepest exit
+        giving them}``.
     """
     was_training = model.training
     model.eval()
     correct: dict[str, torch.Tensor] = {}
+    dense: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=device)
-    for images, labels in batches(split, batch_size):
-        x = view(images.to(device, non_blocking=True))
+    for rows in eval_batches(len(split), batch_size):
+        x = view(split.images[rows].to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = labels.to(device)
+        y = split.labels[rows].to(device)
         with autocast(device, amp, amp_dtype):
             outs = model(x)
+        if split.targets is not None:
+            _dense_errors(outs, {k: v[rows].to(device) for k, v in split.targets.items()},
+                          dense)
+            continue
         for exit_name, fields in outs.items():
             if "logits" not in fields:
                 continue
@@ -58,6 +77,19 @@ def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int
                 loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
     model.train(was_training)
     n = max(1, len(split))
+    if split.targets is not None:
+        return _dense_metrics(dense, split)
     metrics = {key: 100.0 * float(v) / n for key, v in sorted(correct.items())}
     metrics["loss"] = float(loss_sum) / n
     return metrics
+
+
+def _dense_metrics(sums: dict[str, torch.Tensor], split: Split) -> dict[str, float]:
+    """Mean squared errors per element; ``loss`` sums the fields at the deepest exit."""
+    assert split.targets is not None
+    sizes = {f: max(1, t.numel()) for f, t in split.targets.items()}
+    metrics = {key: float(v) / sizes[key.split("/")[1][:-4]] for key, v in sums.items()}
+    exits = list(dict.fromkeys(key.split("/")[0] for key in metrics))
+    deepest = "final" if "final" in exits else (exits[-1] if exits else None)
+    metrics["loss"] = sum(v for k, v in metrics.items() if k.split("/")[0] == deepest)
+    return dict(sorted(metrics.items()))

@@ -149,7 +149,7 @@ class TrainMeter:
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
         self._correct: torch.Tensor | int = 0
-        self._seen = 0
+        self._seen: torch.Tensor | int = 0
         self._steps = 0
 
     def add(self, losses: Mapping[str, torch.Tensor], outputs: Mapping[Any, Any],
@@ -158,10 +158,12 @@ class TrainMeter:
             value = value.detach().float()
             self._sums[key] = self._sums[key] + value if key in self._sums else value
         main = outputs.get(("student", "x_lb")) if isinstance(outputs, Mapping) else None
-        if main is not None and "y_lb" in batch:
-            self._correct = self._correct + (main["final"]["logits"].argmax(1)
-                                             == batch["y_lb"]).sum()
-            self._seen += int(batch["y_lb"].shape[0])
+        if main is not None and "y_lb" in batch and "logits" in main.get("final", {}):
+            labels = batch["y_lb"]
+            known = labels >= 0  # hidden labels (-1, a dense task) are not counted; no sync
+            self._correct = self._correct + ((main["final"]["logits"].argmax(1) == labels)
+                                             & known).sum()
+            self._seen = self._seen + known.sum()
         self._steps += 1
 
     def record(self, step: int, lr: float) -> dict[str, Any]:
@@ -169,8 +171,9 @@ class TrainMeter:
         n = max(1, self._steps)
         record: dict[str, Any] = {"step": step, "lr": lr}
         record.update({f"train/{k}": float(v) / n for k, v in self._sums.items()})
-        if self._seen:
-            record["train/top1"] = 100.0 * float(self._correct) / self._seen
+        seen = int(self._seen)
+        if seen:
+            record["train/top1"] = 100.0 * float(self._correct) / seen
         if "train/loss" not in record:  # every step since the last line was skipped
             record["train/skipped_window"] = True
         self.__init__()  # type: ignore[misc]

@@ -108,23 +108,33 @@ def test_eval_note(mode: str, n_test: int) -> str:
 
 
 def is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Selection on validation only: higher val top-1 of the main exit, then lower val loss.
+    """Selection on validation only: higher val top-1 of the main exit, then lower val loss
+    (a dense task, which has no top-1: lower val loss).
 
     An evaluation whose validation loss or top-1 is NaN/inf is never selected.
     """
-    if "val/final/top1" not in record:
+    if "val/final/top1" not in record and "val/loss" not in record:
         return True  # no validation split: the latest model is the selected one
-    key = (record["val/final/top1"], -record.get("val/loss", 0.0))
+    key = _selection_key(record, "val/")
     if not all(math.isfinite(v) for v in key):
         return False
     if best is None:
         return True
-    return key > (best["val"]["final/top1"], -best["val"].get("loss", 0.0))
+    return key > _selection_key(best["val"], "")
+
+
+def _selection_key(metrics: dict[str, Any], prefix: str) -> tuple[float, ...]:
+    loss = -metrics.get(f"{prefix}loss", 0.0)
+    top1 = metrics.get(f"{prefix}final/top1")
+    return (loss,) if top1 is None else (top1, loss)
 
 
 def eval_line(record: dict[str, Any]) -> str:
     exits = sorted({k.split("/")[1] for k in record if k.endswith("/top1")})
     parts = [f"eval step {record['step']} (epoch {record['epoch']:.1f})"]
+    if not exits:  # a dense task: its losses
+        parts += [f"{split} loss {record[f'{split}/loss']:.4g}" for split in ("val", "test")
+                  if f"{split}/loss" in record]
     for split in ("val", "test"):
         accs = " ".join(f"{e} {record[f'{split}/{e}/top1']:.2f}" for e in exits
                         if f"{split}/{e}/top1" in record)

@@ -130,7 +130,9 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
                         stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
                         num_train=len(data.train), image_shape=data.image_shape,
-                        seed=config.seed, teacher=loaded)
+                        seed=config.seed, teacher=loaded,
+                        targets={k: tuple(v.shape[1:]) for k, v in
+                                 (data.train.targets or {}).items()} or None)
     objective = build_objective(config.method, ctx)
     for key, recipe in config.data.views.items():
         if key not in objective.views:

@@ -296,6 +296,32 @@ class HintRegressor(nn.Module):
         return x
 
 
+class DenseHead(nn.Module):
+    """Dense outputs of a regression task on one exit: conv3x3 + BN + ReLU, a 1x1 conv to every
+    field's channels, bilinear up-sampling to ``out_size``, split into fields (a grasp
+    detector's position / cos / sin / width maps).
+
+    Maps ``[B, in_channels, H, W]`` to ``{field: [B, C_field, out_size, out_size]}``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int = 0, *,
+                 fields: tuple[tuple[str, int], ...], out_size: int, hidden: int = 64) -> None:
+        super().__init__()
+        del num_classes
+        self.fields, self.out_size = tuple(fields), out_size
+        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(hidden, sum(c for _, c in self.fields), 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.out(self.body(x))
+        if y.shape[-1] != self.out_size:
+            y = F.interpolate(y, size=(self.out_size, self.out_size), mode="bilinear",
+                              align_corners=False)
+        parts = y.split([c for _, c in self.fields], dim=1)
+        return {name: part for (name, _), part in zip(self.fields, parts, strict=True)}
+
+
 HEADS: dict[str, HeadFactory] = {
     "classifier": ClassifierHead,
     "sepconv_proj": SepConvProjection,
@@ -303,6 +329,7 @@ HEADS: dict[str, HeadFactory] = {
     "byot": BYOTHead,
     "probe": LinearProbe,
     "hint_regressor": HintRegressor,
+    "dense": DenseHead,
 }
 """Registry of heads: kind → ``factory(in_channels, num_classes, **options)``."""
 

@@ -28,6 +28,7 @@ class RecipeContext:
     image_shape: tuple[int, int, int] = (3, 32, 32)  # the student's input (C, H, W)
     seed: int = 0  # the run's seed: terms with parameters initialise from streams of it
     teacher: LoadedTeacher | None = None  # the configured teacher, built before the objective
+    targets: dict[str, tuple[int, ...]] | None = None  # dense targets: field → [C, H, W]
 
 
 def require_teacher(method: str, ctx: RecipeContext) -> LoadedTeacher:

@@ -13,6 +13,7 @@ from auxilia.terms.core import (
     Ref,
     Term,
 )
+from auxilia.terms.dense import TargetMSE
 from auxilia.terms.distill import (
     Discrepancy,
     FeatureL2,
@@ -27,4 +28,4 @@ from auxilia.terms.metric import SupCon, Triplet
 
 __all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "HintMSE", "KLDistill",
            "Objective", "Outputs", "PredictionBankCE", "Progress", "ProjectionDistance", "Ref",
-           "SimilarityKL", "SoftTargetCE", "SupCon", "Term", "Triplet"]
+           "SimilarityKL", "SoftTargetCE", "SupCon", "TargetMSE", "Term", "Triplet"]
