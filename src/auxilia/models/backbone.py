@@ -68,3 +68,16 @@ class StagedBackbone(Backbone):
             x = stage(x)
             out[name] = x
         return out
+
+
+def kaiming_init(module: nn.Module) -> None:
+    """Kaiming-normal convs (fan_out, ReLU) with zero bias, unit BatchNorm: the initialisation
+    of torchvision's ResNet, shared by the zoo's small-image models."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.backbone import Backbone, StagedBackbone, kaiming_init
 
 
 class BasicBlock(nn.Module):
@@ -79,8 +79,7 @@ class CifarResNet(StagedBackbone):
         self.stage_names = ("s1", "s2", "s3")
         self.stage_channels = dict(zip(self.stage_names, widths[1:], strict=True))
         self.stage_strides = {"s1": 1, "s2": 2, "s3": 4}
-        _init_weights(self)
-
+        kaiming_init(self)
 
 
 def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -88,16 +87,6 @@ def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Seq
     layers = [BasicBlock(in_planes, planes, stride)]
     layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU) and unit BN, as in torchvision's ResNet."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _factory(depth: int, widths: Sequence[int]) -> Callable[..., Backbone]:

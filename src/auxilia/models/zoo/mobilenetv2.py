@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.backbone import Backbone, StagedBackbone, kaiming_init
 
 # (expansion or None for "the model's t", output channels, blocks, first stride), per group.
 _SETTING: tuple[tuple[int | None, int, int, int], ...] = (
@@ -104,17 +104,7 @@ class MobileNetV2(StagedBackbone):
         ends = [int(_SETTING[idx[-1]][1] * width) for idx in _STAGE_GROUPS[:-1]]
         self.stage_channels = dict(zip(self.stage_names, [*ends, last], strict=True))
         self.stage_strides = {"s1": 2, "s2": 4, "s3": 8, "s4": 16}
-        _init_weights(self)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU) and unit BN, as in the benchmark."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
 
 def _build(*, in_chans: int = 3, image_size: int = 32, width: float = 0.5,

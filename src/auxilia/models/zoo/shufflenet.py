@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.backbone import Backbone, StagedBackbone, kaiming_init
 
 _STEM_WIDTH = 24
 
@@ -106,7 +106,7 @@ class ShuffleNetV1(StagedBackbone):
         self.stage_names = ("s1", "s2", "s3")
         self.stage_channels = dict(zip(self.stage_names, widths, strict=True))
         self.stage_strides = {"s1": 2, "s2": 4, "s3": 8}
-        _init_weights(self)
+        kaiming_init(self)
 
 
 class ShuffleUnitV2(nn.Module):
@@ -196,17 +196,7 @@ class ShuffleNetV2(StagedBackbone):
         self.stage_names = ("s1", "s2", "s3")
         self.stage_channels = dict(zip(self.stage_names, (*widths[:-1], last), strict=True))
         self.stage_strides = {"s1": 2, "s2": 4, "s3": 8}
-        _init_weights(self)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU) and unit BN."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
 
 def _build_v1(*, in_chans: int = 3, image_size: int = 32) -> Backbone:

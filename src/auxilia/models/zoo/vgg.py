@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.backbone import Backbone, StagedBackbone, kaiming_init
 
 
 def _block(in_ch: int, widths: Sequence[int], pool: bool) -> nn.Sequential:
@@ -68,19 +68,7 @@ class VGG(StagedBackbone):
         self.stage_names = ("s1", "s2", "s3", "s4", "s5")
         self.stage_channels = {n: c[-1] for n, c in zip(self.stage_names, config, strict=True)}
         self.stage_strides = {"s1": 1, "s2": 2, "s3": 4, "s4": 8, "s5": 16 if pool_last else 8}
-        _init_weights(self)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU) with zero bias, unit BN."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
 
 def _factory(config: Sequence[Sequence[int]]) -> Callable[..., Backbone]:
