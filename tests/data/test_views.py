@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import kornia.augmentation as K
 import pytest
 import torch
 from torch import nn
 
-from auxilia.data.views import VIEWS, build_view, cutout_mask, resolve_view_name
+from auxilia.data.randaugment import RandAugment
+from auxilia.data.views import (
+    VIEWS,
+    Cutout,
+    GaussianNoise,
+    Staged,
+    build_view,
+    cutout_mask,
+    resolve_view_name,
+)
+from auxilia.seeding import seeded
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -29,7 +40,7 @@ def test_eval_normalises_exactly() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["eval", "none", "weak", "cutout", "color"])
+@pytest.mark.parametrize("name", ["eval", "none", "weak", "cutout", "color", "strong", "noisy"])
 @pytest.mark.parametrize("family", ["digits", "natural", "natural_noflip"])
 def test_output_dtype_shape_device(device: str, name: str, family: str) -> None:
     channels = 1 if family == "digits" else 3
@@ -38,6 +49,7 @@ def test_output_dtype_shape_device(device: str, name: str, family: str) -> None:
     out = view(_uint8((6, channels, 16, 16)).to(device))
     assert out.shape == (6, channels, 16, 16)
     assert out.dtype == torch.float32 and out.device.type == device
+    assert torch.isfinite(out).all()
 
 
 def _horizontal_centroid(view: nn.Module, image: torch.Tensor, n: int) -> torch.Tensor:
@@ -238,3 +250,115 @@ def test_new_views_never_flip_digits(name: str) -> None:
 def test_augment_none_turns_new_views_into_eval(name: str, family: str) -> None:
     mean, std = ((0.1307,), (0.3081,)) if family == "digits" else (MEAN3, STD3)
     assert build_view(name, family, mean, std, 16, augment="none").name == "eval"
+
+
+# --- semi-supervised views: "strong" (FixMatch RandAugment + Cutout), "noisy" (Mean Teacher) ---
+
+
+def _flips(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, K.RandomHorizontalFlip)]
+
+
+def test_strong_view_is_weak_geometry_then_randaugment_then_cutout() -> None:
+    for family, size in (("natural", 32), ("digits", 28), ("natural_noflip", 32)):
+        view = build_view("strong", family, (0.5,), (0.25,), image_size=size)
+        assert isinstance(view.augment, Staged)
+        before, after = view.augment.before, view.augment.after
+        assert isinstance(before, nn.Sequential) and isinstance(before[-1], RandAugment)
+        assert before[-1].n_ops == 2 and len(before[-1].ops) == 14
+        assert any(isinstance(m, K.RandomCrop) for m in before[0].modules())
+        assert isinstance(after, Cutout) and after.random_size and after.size == size // 2
+        assert after.fill == 0.0
+        assert len(_flips(view)) == (1 if family == "natural" else 0), family
+
+
+def test_strong_view_never_flips_digits() -> None:
+    assert not _flips(build_view("strong", "digits", (0.5,) * 3, (0.25,) * 3, image_size=32))
+    # its geometric part is exactly the weak view's: the same crops under the same seed
+    weak = build_view("weak", "digits", (0.0,), (1.0,), image_size=16)
+    strong = build_view("strong", "digits", (0.0,), (1.0,), image_size=16)
+    image = _asymmetric_image().expand(256, -1, -1, -1).contiguous()
+    with seeded(0):
+        expected = weak(image)
+    with seeded(0):
+        cropped = strong.augment.before[0](image.float() / 255)
+    torch.testing.assert_close(cropped, expected)
+
+
+@pytest.mark.parametrize("name", ["strong", "noisy"])
+def test_semi_views_same_seed_same_output(name: str) -> None:
+    view = build_view(name, "natural", MEAN3, STD3, image_size=32)
+    x = _uint8((64, 3, 32, 32))
+    with seeded(5):
+        a = view(x)
+    with seeded(5):
+        b = view(x)
+    with seeded(6):
+        c = view(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    with seeded(5):
+        torch.testing.assert_close(view(x.float() / 255), a)  # uint8 and [0, 1] floats alike
+
+
+def test_strong_view_is_per_sample_and_strong() -> None:
+    x = _uint8((1, 3, 32, 32)).expand(128, -1, -1, -1).contiguous()
+    with seeded(0):
+        strong = build_view("strong", "natural", MEAN3, STD3, image_size=32)(x)
+    with seeded(0):
+        weak = build_view("weak", "natural", MEAN3, STD3, image_size=32)(x)
+    assert torch.isfinite(strong).all()
+    assert torch.unique(strong.flatten(1), dim=0).shape[0] == 128
+    # every sample gets Cutout, most some RandAugment op: far from the weak view on average
+    assert ((strong - weak).abs().mean((1, 2, 3)) > 0.05).float().mean() > 0.9
+
+
+def test_random_size_cutout_sizes_vary_and_stay_within_half_the_side() -> None:
+    torch.manual_seed(0)
+    out = Cutout(16, random_size=True)(torch.ones(4000, 3, 32, 32))
+    zero = out == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))
+    mask = zero[:, 0]
+    rows, cols = mask.any(2).sum(1), mask.any(1).sum(1)
+    assert torch.equal(mask.sum((1, 2)), rows * cols)  # one rectangle per sample
+    assert (rows >= 1).all() and rows.max() == 16 and cols.max() == 16
+    full = mask.sum((1, 2))[(rows == cols)]  # squares that no border clipped (mostly)
+    sides = full.float().sqrt()
+    assert torch.unique(sides[sides == sides.round()]).numel() >= 14, "side does not vary"
+    assert abs(rows.float().mean() - 7.5) < 1.0  # sides 1..16 uniform, a few clipped
+
+
+def test_cutout_mask_with_one_size_per_sample() -> None:
+    sizes = torch.randint(1, 17, (3000,), generator=torch.Generator().manual_seed(1))
+    mask = cutout_mask(3000, 32, 32, sizes, generator=torch.Generator().manual_seed(2))
+    rows, cols = mask.any(2), mask.any(1)
+    assert torch.equal(mask, rows.unsqueeze(2) & cols.unsqueeze(1))
+    for lines in (rows, cols):
+        n, first = lines.sum(1), lines.float().argmax(1)
+        assert (n <= sizes).all() and (n >= (sizes + 1) // 2).all()
+        inside = (first > 0) & (first + n < 32)
+        assert torch.equal(n[inside], sizes[inside])
+
+
+def test_noisy_view_adds_gaussian_noise_of_std_015_after_normalisation() -> None:
+    x = _uint8((256, 3, 32, 32))
+    noisy = build_view("noisy", "natural", MEAN3, STD3, image_size=32)
+    weak = build_view("weak", "natural", MEAN3, STD3, image_size=32)
+    assert isinstance(noisy.augment.after, GaussianNoise) and noisy.augment.after.std == 0.15
+    with seeded(3):
+        a = noisy(x)
+    with seeded(3):
+        b = weak(x)  # the same crops and flips: the noise is drawn after them
+    noise = a - b
+    assert abs(noise.mean()) < 0.002
+    assert abs(noise.std() - 0.15) < 0.002
+    assert abs((noise / 0.15).pow(4).mean() - 3.0) < 0.05  # Gaussian kurtosis
+    assert (noise.flatten(1).std(1) > 0.14).all()  # every sample gets noise
+    digits = build_view("noisy", "digits", (0.1307,), (0.3081,), image_size=28)
+    assert not _flips(digits)
+
+
+@pytest.mark.parametrize("name", ["strong", "noisy"])
+@pytest.mark.parametrize("family", ["digits", "natural", "natural_noflip"])
+def test_augment_none_turns_semi_views_into_eval(name: str, family: str) -> None:
+    assert build_view(name, family, MEAN3, STD3, 16, augment="none").name == "eval"

@@ -15,8 +15,10 @@ from auxilia.engine.batch import forward_all, make_batch
 from auxilia.engine.context import build_run
 from auxilia.engine.setup import Setup, build_setup
 from auxilia.models.multi_exit import MultiExitModel
-from auxilia.recipes import RECIPES
+from auxilia.recipes import RECIPES, semi
+from auxilia.recipes.mixmatch import MixMatchStep
 from auxilia.terms import (
+    ConfidenceMaskedCE,
     FeatureL2,
     HintMSE,
     KLDistill,
@@ -24,7 +26,9 @@ from auxilia.terms import (
     ProjectionDistance,
     Ref,
     SimilarityKL,
+    SoftmaxConsistency,
     SoftTargetCE,
+    TemporalEnsemble,
     Term,
 )
 
@@ -46,9 +50,18 @@ REFUSALS: dict[tuple[str, str], str] = {
 # (tests/engine/test_dense.py checks its terms' values and gradients the same way).
 OTHER_TASKS = {"dense"}
 CLASSIFIERS = sorted(set(RECIPES) - OTHER_TASKS)
+SEMI = sorted(semi.RECIPES)
+# semi-supervised methods pair with the families they are meant to compose with (pairs of two
+# semi-supervised methods mostly disagree on their EMA model or step, and are refused)
+SEMI_PARTNERS = ("supervised", "deep_supervision", "cds", "byot", "kd")
 SINGLES = [(name,) for name in CLASSIFIERS]
-PAIRS = list(itertools.combinations(CLASSIFIERS, 2))
+PAIRS = ([p for p in itertools.combinations(sorted(set(CLASSIFIERS) - set(SEMI)), 2)]
+         + [tuple(sorted((s, o))) for s in SEMI for o in SEMI_PARTNERS])
 COMBINABLE = [pair for pair in PAIRS if pair not in REFUSALS]
+# settings under which every term of a recipe is non-zero on an untrained model's first batch
+# (a 0.95 confidence threshold masks everything out at the start)
+TEST_SETTINGS = {"fixmatch": "threshold: 0.0", "pseudo_label": "threshold: 0.0",
+                 "uda": "threshold: 0.0", "cds": None}
 
 Built = tuple[Setup, dict[str, torch.Tensor], dict]
 
@@ -56,6 +69,26 @@ Built = tuple[Setup, dict[str, torch.Tensor], dict]
 def _config(method: str, *extra: str):
     return load_config(None, [f"method={method}", f"data.batch_size={BATCH}",
                               "train.device=cpu", *extra])
+
+
+def first_batch(setup: Setup, run) -> dict:
+    """Every stream's first indices, the views, and what the step strategy adds (MixMatch's
+    mixed inputs and targets)."""
+    streams = setup.objective.streams
+    batch = make_batch(setup, {n: torch.arange(s.size(BATCH)) for n, s in streams.items()})
+    step = setup.objective.step
+    if isinstance(step, MixMatchStep):
+        batch.update(step.mix(batch, step.guess(run, batch), 0))
+    return batch
+
+
+def fill_banks(setup: Setup) -> None:
+    """Temporal Ensembling's bank as after one epoch, so that its term is non-zero."""
+    for term in setup.objective.terms.values():
+        if isinstance(term, TemporalEnsemble):
+            generator = torch.Generator().manual_seed(0)
+            term.bank.copy_(torch.rand(term.bank.shape, generator=generator).softmax(1) * 0.4)
+            term.updates.fill_(1)
 
 
 TEACHERS: dict[int, MultiExitModel] = {}
@@ -76,7 +109,8 @@ def build(method: str, *extra: str, data: DatasetSplits | None = None) -> Built:
     setup = build_setup(_config(method, *extra), data, teacher=teacher_for(data))
     run = build_run(setup)
     setup.slot_models = run.models  # type: ignore[attr-defined]
-    batch = make_batch(setup, torch.arange(BATCH))
+    fill_banks(setup)
+    batch = first_batch(setup, run)
     outputs = run.forward(setup.objective.inputs(), batch)
     return setup, batch, outputs
 
@@ -90,19 +124,22 @@ def trainable(setup: Setup) -> dict[str, MultiExitModel]:
 
 @pytest.fixture(scope="module")
 def digits() -> DatasetSplits:
-    """The default data (embedded digits, small_cnn), loaded once for every build here."""
-    return build_setup(_config("supervised")).data
+    """The default data (embedded digits, small_cnn) with 30 labels per class and the rest
+    unlabeled, loaded once for every build here."""
+    return build_setup(_config("supervised", "data.labels_per_class=30")).data
 
 
 def _method(names: tuple[str, ...]) -> str:
-    return f"[{', '.join(names)}]"
+    return "[" + ", ".join(f"{{name: {n}, {TEST_SETTINGS[n]}}}" if TEST_SETTINGS.get(n) else n
+                           for n in names) + "]"
 
 
 # --- where each term's gradient must go, derived from its references -----------------------
 
 def live_refs(term: Term) -> tuple[Ref, ...]:
     """The references gradient flows through: a distillation target is detached."""
-    if isinstance(term, KLDistill | FeatureL2 | SoftTargetCE | HintMSE):
+    if isinstance(term, KLDistill | FeatureL2 | SoftTargetCE | HintMSE | SoftmaxConsistency
+                  | ConfidenceMaskedCE):
         return (term.student,)
     if isinstance(term, ProjectionDistance | SimilarityKL):
         return term.student

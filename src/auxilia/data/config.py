@@ -32,6 +32,10 @@ class DataConfig(Strict):
     Fractions are of the training pool: ``val_fraction`` is carved from the official train set
     (stratified, seeded); ``test_fraction`` is used only by sources without an official test split
     (``digits``, a ``folder`` without a ``test`` subfolder, ``csv`` without a test file).
+    The unlabeled split (:attr:`auxilia.data.types.DatasetSplits.unlabeled`) gathers the training
+    samples whose labels ``labels_per_class`` or ``labels_fraction`` hide (all of train with
+    ``unlabeled_includes_labeled``), the images of ``unlabeled`` and STL-10's unlabeled split
+    (``stl10_unlabeled``).
     """
 
     source: str = "digits"
@@ -43,7 +47,25 @@ class DataConfig(Strict):
         description="test carved from train when the source has no test split; default 0.2, "
                     "or no test split when the source has an official val split but no test")
     split_seed: int = Field(default=0, ge=0, le=2**32 - 1, strict=True)  # as config.SEED_MAX
-    labels_per_class: int | None = Field(default=None, ge=1)
+    labels_per_class: int | None = Field(
+        default=None, ge=1,
+        description="keep this many labeled training samples per class (seeded by the run "
+                    "seed); the rest of train becomes the unlabeled split, labels hidden")
+    labels_fraction: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="keep this stratified fraction of train labeled (at least one per class, "
+                    "seeded by the run seed); the rest becomes the unlabeled split. Not with "
+                    "labels_per_class")
+    unlabeled_includes_labeled: bool = Field(
+        default=False,
+        description="the labeled training images are also in the unlabeled split, labels "
+                    "hidden (as USB and FixMatch do)")
+    unlabeled: str | None = Field(
+        default=None,
+        description="your own unlabeled images: a folder (every image file under it) or a "
+                    ".csv with a filename column (relative to the CSV's folder); a relative "
+                    "path is relative to data.root when that is set. Added to the unlabeled "
+                    "split; images identical to a val/test image are dropped from it")
     train_subset: int | None = Field(
         default=None, ge=1,
         description="keep this many training samples (stratified), for quick runs")

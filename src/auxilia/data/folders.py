@@ -17,7 +17,8 @@ from auxilia.data.files import IMAGE_EXTENSIONS, _files_to_raw
 from auxilia.data.raw import DataError, RawData
 from auxilia.paths import decode_text, regular_file
 
-__all__ = ["SPLIT_NAMES", "load_csv", "load_folder"]
+__all__ = ["SPLIT_NAMES", "image_files", "load_csv", "load_folder", "read_text_file",
+           "resolve_path"]
 
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -30,19 +31,50 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
 # ----------------------------------------------------------------------------- folder
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+def resolve_path(cfg: DataConfig, path: str) -> Path:
+    """A data path of the config: ``~`` expanded; a relative path is relative to ``data.root``
+    when that is set, else to the working directory (``data.csv.*``, ``data.unlabeled``)."""
+    p = Path(path).expanduser()
+    return Path(cfg.root).expanduser() / p if cfg.root and not p.is_absolute() else p
 
 
-def _split_folders(root: Path) -> dict[str, Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` (recursively) with an image suffix that is not a folder or
+    a hidden file, sorted. Special files (FIFOs, devices) are listed, so that the decoder
+    refuses them by name instead of skipping them silently."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith(".") and not p.is_dir())
+
+
+def _subfolders(folder: Path, skip: str | None = None) -> list[Path]:
+    """The visible subfolders of ``folder``, sorted; ``skip`` names one to leave out."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                  and d.name != skip)
+
+
+def _unlabeled_inside(root: Path, cfg: DataConfig) -> str | None:
+    """The name of the ``data.unlabeled`` folder when it lies directly in ``root`` (it is then
+    not a class or split folder), else None."""
+    if cfg.unlabeled is None:
+        return None
+    path = resolve_path(cfg, cfg.unlabeled)
+    try:
+        return path.name if path.parent.resolve() == root.resolve() else None
+    except OSError:
+        return None
+
+
+def _split_folders(root: Path, skip: str | None = None) -> dict[str, Path]:
     """The split folders of ``root`` by split name; empty when ``root`` holds class folders.
+
+    ``skip`` names a folder of ``root`` that is neither (the ``data.unlabeled`` folder).
 
     Raises:
         DataError: two folders mean one split, a val/test folder without a train folder, or
             folders that look like splits under names that are not recognised.
     """
     found: dict[str, list[Path]] = {}
-    dirs = _subfolders(root)
+    dirs = _subfolders(root, skip)
     for d in dirs:
         split = next((s for s, names in SPLIT_NAMES.items() if d.name.lower() in names), None)
         if split is not None:
@@ -69,7 +101,8 @@ def _split_folders(root: Path) -> dict[str, Path]:
         raise DataError(f"{root} has split folders ({', '.join(d.name for d in sorted(used))}) "
                         f"and other folders beside them ({', '.join(extra)}) that would be "
                         f"ignored; move them into a split, rename them (expected {expected}, any "
-                        "case), or remove them")
+                        "case), remove them, or name a folder of unlabeled images in "
+                        "data.unlabeled")
     return {split: folders[0] for split, folders in found.items()}
 
 
@@ -100,16 +133,14 @@ def _match_classes(folder: Path, names: list[str], classes: list[str]
     return mapping, notes
 
 
-def _scan_classes(folder: Path, classes: list[str] | None, notes: list[str] | None = None
-                  ) -> tuple[list[str], list[Path], list[int]]:
+def _scan_classes(folder: Path, classes: list[str] | None, notes: list[str] | None = None,
+                  skip: str | None = None) -> tuple[list[str], list[Path], list[int]]:
     """Lists ``folder/<class>/<image>``; ``classes`` None means "this is train: define them".
 
-    Every entry with an image suffix that is not a folder is listed, special files (FIFOs,
-    devices) included, so that the decoder refuses them by name instead of skipping them
-    silently. Case-only differences from the training classes are matched (noted in
-    ``notes``).
+    Every entry of :func:`image_files` is listed. Case-only differences from the training
+    classes are matched (noted in ``notes``); ``skip`` names a subfolder that is no class.
     """
-    dirs = _subfolders(folder)
+    dirs = _subfolders(folder, skip)
     if not dirs:
         raise DataError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
     names = [d.name for d in dirs]
@@ -125,8 +156,7 @@ def _scan_classes(folder: Path, classes: list[str] | None, notes: list[str] | No
     paths: list[Path] = []
     labels: list[int] = []
     for d in dirs:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not p.name.startswith(".") and not p.is_dir())
+        files = image_files(d)
         if not files:
             raise DataError(f"class folder {d} holds no image files "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -143,9 +173,10 @@ def load_folder(cfg: DataConfig) -> RawData:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"source 'folder': data.root={cfg.root!r} is not a folder")
-    splits = _split_folders(root)
+    skip = _unlabeled_inside(root, cfg)
+    splits = _split_folders(root, skip)
     if not splits:
-        classes, paths, labels = _scan_classes(root, None)
+        classes, paths, labels = _scan_classes(root, None, skip=skip)
         raw = _files_to_raw({"train": (paths, labels)}, classes, cfg, root)
         raw.origins["train"] = f"class folders in {root}"
         return raw
@@ -270,8 +301,7 @@ def load_csv(cfg: DataConfig) -> RawData:
         raise DataError("source 'csv' needs data.csv.train (and optionally data.csv.val / .test)")
 
     def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
-        return Path(cfg.root) / path if cfg.root and not path.is_absolute() else path
+        return resolve_path(cfg, p)
 
     train_csv = resolve(cfg.csv.train)
     train_paths, train_labels, notes = _read_csv(train_csv, cfg, "train", None)

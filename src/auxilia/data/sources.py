@@ -2,8 +2,9 @@
 
 A source's loader returns :class:`RawData` (its official splits); :func:`load_dataset` then
 applies the common pipeline: carve test and val where the source has none (stratified,
-``split_seed``), resize, normalisation statistics, ``train_subset``, ``labels_per_class``.
-The image-file sources (``folder``, ``csv``) live in :mod:`auxilia.data.files`;
+``split_seed``), resize, normalisation statistics, ``train_subset``, the unlabeled split
+(:mod:`auxilia.data.unlabeled`). The image-file sources (``folder``, ``csv``) live in
+:mod:`auxilia.data.folders` and :mod:`auxilia.data.files`;
 :class:`RawData` and :class:`DataError` in :mod:`auxilia.data.raw` (both re-exported here).
 """
 
@@ -26,11 +27,12 @@ from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from auxilia.data.files import decode_images
 from auxilia.data.folders import load_csv, load_folder
-from auxilia.data.hygiene import array_keys, dedupe_within, remove_cross_split_copies
+from auxilia.data.hygiene import clean_raw
 from auxilia.data.identity import identity
 from auxilia.data.raw import DataError, RawData
-from auxilia.data.splits import labeled_unlabeled, stratified_split, stratified_subset
+from auxilia.data.splits import stratified_split, stratified_subset
 from auxilia.data.types import DatasetSplits, Split
+from auxilia.data.unlabeled import check_label_settings, hide_labels, read_unlabeled
 
 __all__ = ["SOURCES", "DataError", "RawData", "SourceSpec", "channel_stats", "decode_images",
            "describe_splits", "load_dataset", "read_source", "source_key"]
@@ -45,12 +47,6 @@ class SourceSpec:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _cat(a: Split | None, b: Split | None) -> Split | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return Split.cat(a, b)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
@@ -255,8 +251,8 @@ def _official_to_splits(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Sp
 
 
 AFTER_READING = ("val_fraction", "test_fraction", "split_seed", "labels_per_class",
-                 "train_subset", "augment", "views", "batch_size", "eval_batch_size",
-                 "num_workers")
+                 "labels_fraction", "unlabeled_includes_labeled", "train_subset", "augment",
+                 "views", "batch_size", "eval_batch_size", "num_workers")
 """Data settings that act after the source is read (a source read once serves them all)."""
 
 
@@ -272,6 +268,8 @@ def read_source(cfg: DataConfig) -> RawData:
     The expensive part of :func:`load_dataset` (decoding every image), which depends only on
     :func:`source_key`'s settings.
 
+    The user's unlabeled images (``data.unlabeled``) are read here too, beside any source.
+
     Raises:
         DataError: unknown source, missing files, undecodable images, fewer than 2 classes.
     """
@@ -285,7 +283,13 @@ def read_source(cfg: DataConfig) -> RawData:
                         + ("check data.csv.label_column and the training CSV's labels"
                            if cfg.source == "csv" else
                            "check data.root (it should hold one folder per class)"))
-    _clean(raw, cfg)
+    extra = None
+    if cfg.unlabeled is not None:
+        extra, notes = read_unlabeled(cfg, raw.train, array_source=raw.train.keys is None)
+        raw.notes += notes
+        before = f"{raw.origins['unlabeled']} + " if "unlabeled" in raw.origins else ""
+        raw.origins["unlabeled"] = f"{before}data.unlabeled {cfg.unlabeled}"
+    clean_raw(raw, cfg.duplicates, extra)
     return raw
 
 
@@ -296,13 +300,18 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     Order: official splits → test carve (sources without one; ``test_fraction`` of all
     samples) → val carve (``val_fraction``, of the official train set or of all samples) →
     resize to ``image_size`` → normalisation statistics (published, or computed on the training
-    split) → ``train_subset`` → ``labels_per_class`` (the rest of train becomes ``unlabeled``
-    with labels -1). Carves use ``cfg.split_seed``; the subset and labeled draws use ``seed``
-    (the run's seed; ``split_seed`` when None), so val and test stay fixed across run seeds.
+    split) → ``train_subset`` → ``labels_per_class`` / ``labels_fraction`` (the rest of train
+    becomes ``unlabeled`` with labels -1, the truth in ``true_labels``), joined by the
+    unlabeled images of the source and ``data.unlabeled``; last, copies inside the unlabeled
+    split and images of the (now final) val and test are dropped from it
+    (:func:`auxilia.data.unlabeled.hide_labels`). Carves use ``cfg.split_seed``; the subset and
+    labeled draws use ``seed`` (the run's seed; ``split_seed`` when None), so val and test stay
+    fixed across run seeds.
 
     Args:
         cfg: the data section of the config.
-        seed: seed of the ``train_subset`` and ``labels_per_class`` draws.
+        seed: seed of the ``train_subset`` and labeled (``labels_per_class``,
+            ``labels_fraction``) draws.
         source: what :func:`read_source` gave for this ``cfg``, shared by runs that differ
             only in what comes after reading (the seed, the splits' fractions); it is not
             changed.
@@ -313,6 +322,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     Raises:
         DataError: unknown source, missing files, undecodable images, impossible splits.
     """
+    check_label_settings(cfg)
     raw = read_source(cfg) if source is None else dataclasses.replace(
         source, notes=list(source.notes), origins=dict(source.origins))
     draw_seed = cfg.split_seed if seed is None else seed
@@ -335,49 +345,20 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
         if cfg.train_subset >= len(train):
             raw.notes.append(f"train_subset={cfg.train_subset} >= {len(train)}: all kept")
         train = train.take(stratified_subset(train.labels, cfg.train_subset, draw_seed))
-    if cfg.labels_per_class is not None:
-        try:
-            lab, unl = labeled_unlabeled(train.labels, cfg.labels_per_class, draw_seed,
-                                         raw.classes)
-        except ValueError as exc:
-            raise DataError(str(exc)) from exc
-        rest = train.take(unl).with_labels(torch.full((len(unl),), -1, dtype=torch.int64))
-        train, unlabeled = train.take(lab), _cat(rest, unlabeled)
-    _check_every_class_trains(train, raw.classes, cfg)
-    _note_small_val(val, len(raw.classes), raw.notes)
     origins = {"val": "none", **raw.origins}
     if cfg.train_subset is not None and cfg.train_subset < len(raw.train):
         origins["train"] += f", a stratified subset of {len(train)} (seed {draw_seed})"
-    if cfg.labels_per_class is not None:
-        origins["train"] += f", {cfg.labels_per_class} labeled per class (seed {draw_seed})"
-        origins["unlabeled"] = "the rest of train, labels hidden" + (
-            f" + {raw.origins['unlabeled']}" if "unlabeled" in raw.origins else "")
+    train, unlabeled, notes, hid = hide_labels(train, unlabeled, {"val": val, "test": test}, cfg,
+                                               draw_seed, raw.classes, raw.origins.get("unlabeled"))
+    raw.notes += notes
+    origins = {**origins, **hid, "train": origins["train"] + hid["train"]}
+    _check_every_class_trains(train, raw.classes, cfg)
+    _note_small_val(val, len(raw.classes), raw.notes)
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
                          unlabeled=unlabeled, notes=raw.notes, origins=origins)
     data.identity = identity(data, cfg.source)
     return data
-
-
-def _clean(raw: RawData, cfg: DataConfig) -> None:
-    """Give every official split content keys, drop copies inside each split and handle copies
-    across splits (:mod:`auxilia.data.hygiene`), in place; what was done goes to the notes."""
-    splits = {"train": raw.train, "unlabeled": raw.unlabeled, "val": raw.val, "test": raw.test}
-    for name, split in splits.items():
-        if split is None:
-            continue
-        if split.keys is None:
-            split = Split(split.images, split.labels, array_keys(split.images),
-                          np.array([f"{name}[{i}]" for i in range(len(split))], dtype=object))
-        split, notes = dedupe_within(split, name)
-        raw.notes += notes
-        splits[name] = split
-    splits, notes = remove_cross_split_copies(splits, cfg.duplicates)
-    raw.notes += notes
-    raw.train, raw.unlabeled, raw.val, raw.test = (splits["train"], splits["unlabeled"],
-                                                   splits["val"], splits["test"])
-    if raw.train is None:
-        raise DataError("the training split is empty")
 
 
 MIN_VAL_PER_CLASS = 10

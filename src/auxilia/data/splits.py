@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["SplitError", "labeled_unlabeled", "stratified_split", "stratified_subset"]
+__all__ = ["SplitError", "labeled_fraction", "labeled_unlabeled", "stratified_split",
+           "stratified_subset"]
 
 
 class SplitError(ValueError):
@@ -158,20 +159,69 @@ def labeled_unlabeled(
     """
     if labels_per_class < 1:
         raise SplitError(f"labels_per_class must be >= 1, got {labels_per_class}")
+    y, counts = _class_counts(labels, class_names)
+    _check_counts(counts, labels_per_class, class_names,
+                  f"labels_per_class={labels_per_class}",
+                  f"lower data.labels_per_class to at most "
+                  f"{int(counts.min()) if counts.numel() else 0}")
+    quotas = torch.full_like(counts, labels_per_class)
+    take = _take_by_quota(y, quotas, seed)
+    return torch.nonzero(take).flatten(), torch.nonzero(~take).flatten()
+
+
+def labeled_fraction(
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    fraction: float,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keeps a stratified ``fraction`` of the samples labelled; the rest become unlabeled.
+
+    ``round(fraction * N)`` samples are spread over the classes in proportion to their size
+    (largest remainder), then every class gets at least one. The draw within a class is the
+    one :func:`labeled_unlabeled` makes with the same seed: the first ``k`` ranks of the class.
+
+    Args:
+        labels: class labels ``[N]``.
+        fraction: share of the samples kept labelled, in ``(0, 1)``.
+        seed: seed of the draw.
+        class_names: names of all classes (index = label); when given, every one must have a
+            sample, including classes absent from ``labels``.
+
+    Returns:
+        ``(labeled_idx, unlabeled_idx)``: sorted, disjoint ``int64`` indices covering ``0..N-1``.
+
+    Raises:
+        SplitError: ``fraction`` outside ``(0, 1)``, or a class without samples.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise SplitError(f"labels_fraction must be in (0, 1), got {fraction}")
+    y, counts = _class_counts(labels, class_names)
+    _check_counts(counts, 1, class_names, f"labels_fraction={fraction}",
+                  "add training images for it or remove the class")
+    quotas = _class_quotas(counts, round(fraction * y.numel())).clamp_min(1)
+    take = _take_by_quota(y, quotas, seed)
+    return torch.nonzero(take).flatten(), torch.nonzero(~take).flatten()
+
+
+def _class_counts(labels: torch.Tensor | np.ndarray | Sequence[int],
+                  class_names: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels, samples per class)``: counts over every class, named or seen."""
     y = _as_labels(labels)
     if y.numel() and int(y.min()) < 0:
         raise SplitError("labels must be non-negative (found -1: already unlabeled samples?)")
     num_classes = max(len(class_names) if class_names else 0, int(y.max()) + 1 if y.numel() else 0)
-    counts = torch.bincount(y, minlength=num_classes)
-    short = torch.nonzero(counts < labels_per_class).flatten().tolist()
-    if short:
-        c = short[0]
-        name = f"{class_names[c]!r} (label {c})" if class_names and c < len(class_names) else str(c)
-        more = f" ({len(short) - 1} more classes are short too)" if len(short) > 1 else ""
-        raise SplitError(
-            f"labels_per_class={labels_per_class} but class {name} has only {int(counts[c])} "
-            f"training samples{more}; lower data.labels_per_class to at most {int(counts.min())}"
-        )
-    quotas = torch.full((num_classes,), labels_per_class, dtype=torch.int64)
-    take = _take_by_quota(y, quotas, seed)
-    return torch.nonzero(take).flatten(), torch.nonzero(~take).flatten()
+    return y, torch.bincount(y, minlength=num_classes)
+
+
+def _check_counts(counts: torch.Tensor, need: int, class_names: Sequence[str] | None,
+                  setting: str, fix: str) -> None:
+    """Refuse classes with fewer than ``need`` samples, naming the first of them."""
+    short = torch.nonzero(counts < need).flatten().tolist()
+    if not short:
+        return
+    c = short[0]
+    name = f"{class_names[c]!r} (label {c})" if class_names and c < len(class_names) else str(c)
+    more = f" ({len(short) - 1} more classes are short too)" if len(short) > 1 else ""
+    raise SplitError(f"{setting} but class {name} has only {int(counts[c])} training "
+                     f"samples{more}; {fix}")

@@ -7,10 +7,14 @@ per-sample torchvision loop).
 
 New views register a factory in :data:`VIEWS`; callers only ever use :func:`build_view`::
 
-    VIEWS["strong"] = lambda family, image_size: nn.Sequential(...)
+    VIEWS["mine"] = lambda family, image_size: nn.Sequential(...)
 
 A factory may return :class:`Staged` to run part of its augmentation after the normalisation
 (``cutout`` zeroes its square there, i.e. sets it to the dataset mean).
+
+Views: ``eval`` / ``none`` (normalisation only), ``weak`` (translations, flips where the family
+allows), ``cutout`` and ``color`` (CDS), ``strong`` (FixMatch's RandAugment + Cutout) and
+``noisy`` (Mean Teacher's Gaussian input noise).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "VIEWS", "ColorAugment", "Cutout", "Staged", "View", "build_view",
-           "cutout_mask", "resolve_view_name", "to_unit_float"]
+from auxilia.data.randaugment import RandAugment
+
+__all__ = ["FAMILIES", "VIEWS", "ColorAugment", "Cutout", "GaussianNoise", "Staged", "View",
+           "build_view", "cutout_mask", "resolve_view_name", "to_unit_float"]
 
 FAMILIES: tuple[str, ...] = ("digits", "natural", "natural_noflip")
 """Augmentation families a dataset can declare (see ``DatasetSplits.family``)."""
@@ -129,7 +135,7 @@ def _weak(family: str, image_size: int) -> nn.Module:
     return nn.Sequential(crop, K.RandomHorizontalFlip(p=0.5))
 
 
-def cutout_mask(batch: int, height: int, width: int, size: int,
+def cutout_mask(batch: int, height: int, width: int, size: int | torch.Tensor,
                 device: torch.device | str | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Cutout squares (DeVries & Taylor 2017), one per sample, as a boolean mask.
@@ -142,7 +148,7 @@ def cutout_mask(batch: int, height: int, width: int, size: int,
         batch: number of samples B.
         height: image height H.
         width: image width W.
-        size: side of the square.
+        size: side of the square, or ``[B]`` integer sides, one per sample.
         device: device of the mask.
         generator: random generator on ``device`` (default: the global one).
 
@@ -153,6 +159,8 @@ def cutout_mask(batch: int, height: int, width: int, size: int,
     cx = torch.randint(0, width, (batch, 1), device=device, generator=generator)
     rows = torch.arange(height, device=device).unsqueeze(0)  # [1, H]
     cols = torch.arange(width, device=device).unsqueeze(0)  # [1, W]
+    if isinstance(size, torch.Tensor):
+        size = size.to(device).view(batch, 1)
     top, left = cy - size // 2, cx - size // 2
     in_rows = (rows >= top) & (rows < top + size)  # [B, H]
     in_cols = (cols >= left) & (cols < left + size)  # [B, W]
@@ -164,22 +172,49 @@ class Cutout(nn.Module):
     at a uniformly random centre, clipped at the borders (see :func:`cutout_mask`).
 
     Applied after normalisation with ``fill=0`` it sets the square to the dataset mean, as the
-    reference code does. Input and output ``[B, C, H, W]``.
+    reference code does. With ``random_size`` each sample's side is drawn uniformly from
+    ``1, ..., size`` (FixMatch's Cutout: ``v * side`` with ``v`` in ``(0, 0.5]``).
+    Input and output ``[B, C, H, W]``.
     """
 
-    def __init__(self, size: int, fill: float = 0.0) -> None:
+    def __init__(self, size: int, fill: float = 0.0, random_size: bool = False) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"cutout size must be positive, got {size}")
         self.size = size
         self.fill = fill
+        self.random_size = random_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = cutout_mask(x.shape[0], x.shape[-2], x.shape[-1], self.size, x.device)
+        size: int | torch.Tensor = self.size
+        if self.random_size:
+            size = torch.randint(1, self.size + 1, (x.shape[0],), device=x.device)
+        mask = cutout_mask(x.shape[0], x.shape[-2], x.shape[-1], size, x.device)
         return x.masked_fill(mask.unsqueeze(1), self.fill)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, fill={self.fill}"
+        return f"size={self.size}, fill={self.fill}, random_size={self.random_size}"
+
+
+class GaussianNoise(nn.Module):
+    """Additive Gaussian noise ``x + std * N(0, 1)``, drawn per element from the global generator
+    (Mean Teacher, Tarvainen & Valpola 2017: ``std = 0.15`` on normalised inputs).
+
+    Args:
+        std: standard deviation of the noise, in the units of the input.
+    """
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        if std < 0:
+            raise ValueError(f"noise std must be non-negative, got {std}")
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x)
+
+    def extra_repr(self) -> str:
+        return f"std={self.std}"
 
 
 class ColorAugment(nn.Module):
@@ -218,12 +253,33 @@ def _color(family: str, image_size: int) -> nn.Module:
     return nn.Sequential(_weak(family, image_size), ColorAugment())
 
 
+def _strong(family: str, image_size: int) -> Staged:
+    """Factory of the ``strong`` view (FixMatch, Sohn et al. 2020): the weak view's translations
+    and flips (never flips for digits), then :class:`~auxilia.data.randaugment.RandAugment` with
+    two operations per sample, then after normalisation a Cutout square of side drawn per sample
+    from ``1 .. image_size // 2``, set to 0 (the mean)."""
+    return Staged(nn.Sequential(_weak(family, image_size), RandAugment(n_ops=2)),
+                  Cutout(max(1, image_size // 2), random_size=True))
+
+
+NOISE_STD = 0.15
+"""Mean Teacher's input noise, in normalised units."""
+
+
+def _noisy(family: str, image_size: int) -> Staged:
+    """Factory of the ``noisy`` view (Mean Teacher): the weak view, then after normalisation
+    Gaussian noise of std :data:`NOISE_STD`."""
+    return Staged(_weak(family, image_size), GaussianNoise(NOISE_STD))
+
+
 VIEWS: dict[str, ViewFactory] = {
     "eval": _no_augment,
     "none": _no_augment,
     "weak": _weak,
     "cutout": _cutout,
     "color": _color,
+    "strong": _strong,
+    "noisy": _noisy,
 }
 """Registry of views: name → ``factory(family, image_size)``."""
 

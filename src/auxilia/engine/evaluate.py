@@ -93,3 +93,42 @@ def _dense_metrics(sums: dict[str, torch.Tensor], split: Split) -> dict[str, flo
     deepest = "final" if "final" in exits else (exits[-1] if exits else None)
     metrics["loss"] = sum(v for k, v in metrics.items() if k.split("/")[0] == deepest)
     return dict(sorted(metrics.items()))
+
+
+@torch.no_grad()
+def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, threshold: float, *,
+                         batch_size: int, device: torch.device, amp: bool = False,
+                         amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
+                         ) -> dict[str, float]:
+    """How good the main exit's pseudo-labels are on unlabeled samples whose labels are known
+    (``split.true_labels``; an unlabeled split carved from a labeled source).
+
+    Returns:
+        ``{"top1": % of argmax predictions that are right, "above_threshold": % of samples
+        whose confidence (max softmax) reaches ``threshold``, "top1_above_threshold": % right
+        among those}`` (the last omitted when no sample reaches the threshold).
+    """
+    truth = split.true_labels
+    if truth is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    right = above = right_above = 0
+    for rows in eval_batches(len(split), batch_size):
+        x = view(split.images[rows].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp, amp_dtype):
+            logits = model(x)["final"]["logits"].float()
+        confidence, guess = logits.softmax(1).max(1)
+        hit = guess.cpu() == truth[rows]
+        sure = (confidence >= threshold).cpu()
+        right += int(hit.sum())
+        above += int(sure.sum())
+        right_above += int((hit & sure).sum())
+    model.train(was_training)
+    n = max(1, len(split))
+    metrics = {"top1": 100.0 * right / n, "above_threshold": 100.0 * above / n}
+    if above:
+        metrics["top1_above_threshold"] = 100.0 * right_above / above
+    return metrics

@@ -54,7 +54,8 @@ def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> 
             _commit(run, result, batch, progress)
             meter.add(result.losses, result.outputs, batch)
         loop.step += 1
-        loop.images += int(batch["idx_lb"].shape[0])
+        loop.images += sum(int(batch[f"idx_{spec.keys}"].shape[0])  # every stream's samples
+                           for spec in run.objective.streams.values())
         for cb in callbacks:
             cb(loop.step, {k: float(v.detach()) for k, v in result.losses.items()})
         if loop.step % spe == 0:

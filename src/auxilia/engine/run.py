@@ -27,6 +27,7 @@ from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.runlog import MetricsLog, RunFolder
+from auxilia.engine.selection import best_on_val, per_model_records
 from auxilia.engine.setup import Setup, build_setup, pick_device
 from auxilia.engine.signals import StopFlag
 from auxilia.engine.teacher import describe_teacher, finish_report, teacher_report
@@ -185,6 +186,7 @@ def _repair_best(run: RunContext) -> None:
 def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
     setup, cfg, loop, folder = run.setup, run.config, run.loop, run.folder
     summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
+    summary.update(_models_summary(run))
     seconds = max(loop.train_seconds, 1e-9)
     views = max(1, len(setup.train_views))
     summary.update({
@@ -207,7 +209,26 @@ def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
     run_state.write_json(folder.summary, summary)
     if cfg.run.plot:
         plot_curves(folder.read_records(), folder.curves)
-    return RunResult(folder.path, summary, setup.model)
+    return RunResult(folder.path, summary, run.models[run.objective.deployed])
+
+
+def _models_summary(run: RunContext) -> dict[str, Any]:
+    """With more than one model evaluated (the student and an EMA model): each one's last,
+    best-on-validation and median of the last k (each selected on its own validation
+    numbers), and the pseudo-label quality on the unlabeled split at the last evaluation."""
+    evals, k = run.loop.evals, run.config.train.keep_last_evals
+    out: dict[str, Any] = {"deployed": run.objective.deployed}
+    others = per_model_records(evals)
+    if others:
+        models = {run.objective.deployed: summarize(evals, run.loop.best, k)}
+        for name, records in others.items():
+            models[name] = summarize(records, best_on_val(records), k)
+        out["models"] = models
+    last = evals[-1] if evals else {}
+    unlabeled = {key: v for key, v in last.items() if key.split(":")[-1].startswith("unlabeled/")}
+    if unlabeled:
+        out["unlabeled"] = unlabeled
+    return out
 
 
 def _flops(setup: Setup) -> dict[str, Any]:

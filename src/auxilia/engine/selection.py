@@ -11,10 +11,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from auxilia.engine import state as run_state
-from auxilia.engine.evaluate import evaluate
+from auxilia.engine.evaluate import evaluate, pseudo_label_quality
 from auxilia.engine.step import NonFiniteLossError
+from auxilia.parts import STUDENT
 
 if TYPE_CHECKING:
     from auxilia.engine.context import RunContext
@@ -30,11 +32,15 @@ def evaluate_and_save(run: RunContext, *, test_now: bool = True) -> None:
     loop, folder = run.loop, run.folder
     check_finite_weights(run)
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / run.steps_per_epoch}
-    record.update(evaluate_split(run, "val"))
+    models = evaluated_models(run)
+    for prefix, model in models.items():
+        record.update(evaluate_split(run, "val", model, prefix))
     improved = is_better(record, loop.best)
-    if test_now or improved:
-        record.update(evaluate_split(run, "test"))
-    run.set_modes()  # evaluation put the student in eval mode
+    for prefix, model in models.items():
+        if test_now or improved:
+            record.update(evaluate_split(run, "test", model, prefix))
+        record.update(unlabeled_quality(run, model, prefix))
+    run.set_modes()  # evaluation put the models in eval mode
     loop.evals.append(record)
     run.log.write(record)
     if improved:
@@ -62,18 +68,49 @@ def check_finite_weights(run: RunContext) -> None:
             "Try a lower optim.lr or optim.grad_clip")
 
 
-def evaluate_split(run: RunContext, name: str) -> dict[str, float]:
-    """``{"<name>/<metric>": value}`` for the split ``name``; empty for an empty split."""
+def evaluated_models(run: RunContext) -> dict[str, nn.Module]:
+    """Key prefix → model: the deployed model (no prefix: ``val/...``), then the student when
+    it is not the deployed one and every slot marked ``evaluated`` (``ema:val/...``)."""
+    deployed = run.objective.deployed
+    models = {"": run.models[deployed]}
+    if deployed != STUDENT:
+        models[f"{STUDENT}:"] = run.student
+    for name, slot in run.slots.items():
+        if slot.evaluated and name != deployed:
+            models[f"{name}:"] = run.models[name]
+    return models
+
+
+def evaluate_split(run: RunContext, name: str, model: nn.Module | None = None,
+                   prefix: str = "") -> dict[str, float]:
+    """``{"<prefix><name>/<metric>": value}`` of ``model`` (the student by default) on the
+    split ``name``; empty for an empty split."""
     setup = run.setup
     cfg, split = setup.config, getattr(setup.data, name)
     if not len(split):
         return {}
-    with run.bar.evaluating(name, len(split)):
-        metrics = evaluate(setup.model, split, setup.eval_view,
+    with run.bar.evaluating(f"{prefix}{name}", len(split)):
+        metrics = evaluate(setup.model if model is None else model, split, setup.eval_view,
                            batch_size=cfg.data.eval_batch_size, device=setup.device,
                            amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
                            channels_last=cfg.model.channels_last)
-    return {f"{name}/{k}": v for k, v in metrics.items()}
+    return {f"{prefix}{name}/{k}": v for k, v in metrics.items()}
+
+
+def unlabeled_quality(run: RunContext, model: nn.Module, prefix: str = "") -> dict[str, float]:
+    """Pseudo-label quality of ``model`` on the unlabeled samples whose labels are known
+    (:func:`auxilia.engine.evaluate.pseudo_label_quality`), as ``<prefix>unlabeled/...``."""
+    setup = run.setup
+    split = setup.data.unlabeled
+    monitor = getattr(setup, "unlabeled_monitor", None)
+    if split is None or monitor is None or not len(monitor):
+        return {}
+    cfg = setup.config
+    metrics = pseudo_label_quality(model, monitor, setup.eval_view, run.objective.threshold,
+                                   batch_size=cfg.data.eval_batch_size, device=setup.device,
+                                   amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                                   channels_last=cfg.model.channels_last)
+    return {f"{prefix}unlabeled/{k}": v for k, v in metrics.items()}
 
 
 TEST_EVAL_SHARE = 0.3
@@ -121,6 +158,27 @@ def is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
     if best is None:
         return True
     return key > _selection_key(best["val"], "")
+
+
+def best_on_val(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The selection :func:`evaluate_and_save` makes, replayed over evaluation records:
+    ``{"step", "val", "test"}`` of the best on validation (test only where it was evaluated)."""
+    best: dict[str, Any] | None = None
+    for record in records:
+        if is_better(record, best):
+            best = {"step": record["step"],
+                    "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
+                    "test": {k[5:]: v for k, v in record.items() if k.startswith("test/")}}
+    return best
+
+
+def per_model_records(evals: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The evaluation records of every model evaluated beside the deployed one
+    (``ema:val/final/top1`` → the ``ema`` model's ``val/final/top1``)."""
+    names = list(dict.fromkeys(k.split(":", 1)[0] for r in evals for k in r if ":" in k))
+    return {name: [{"step": r["step"], **{k[len(name) + 1:]: v for k, v in r.items()
+                                           if k.startswith(f"{name}:")}} for r in evals]
+            for name in names}
 
 
 def _selection_key(metrics: dict[str, Any], prefix: str) -> tuple[float, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch import nn
 
 from auxilia.config import Config, ConfigError
 from auxilia.data.sources import load_dataset
-from auxilia.data.types import DatasetSplits
+from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.views import build_view
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.batch import view_stream
@@ -38,6 +39,9 @@ class Setup:
     objective: Objective
     train_views: dict[str, nn.Module]
     eval_view: nn.Module
+    unlabeled_monitor: Split | None = None
+    """Up to :data:`MONITOR_SAMPLES` unlabeled samples whose labels are known, on which every
+    evaluation measures the pseudo-labels' quality (never used for training or selection)."""
 
     @property
     def amp_dtype(self) -> torch.dtype:
@@ -130,6 +134,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
                         stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
                         num_train=len(data.train), image_shape=data.image_shape,
+                        num_unlabeled=len(data.unlabeled) if data.unlabeled is not None else 0,
                         seed=config.seed, teacher=loaded,
                         targets={k: tuple(v.shape[1:]) for k, v in
                                  (data.train.targets or {}).items()} or None)
@@ -148,14 +153,48 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     # Before the model moves to the device and the loop allocates: a step that cannot fit is
     # refused here, not by the kernel's OOM killer half-way into training.
     check_step_memory(config, model, data.image_shape,
-                      sum(len(v) for v in objective.inputs().values()) or len(views), device,
+                      _step_views(objective, config.data.batch_size) or len(views), device,
                       training=training)
     model.to(device)
     objective.to(device)
     if mcfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     torch.manual_seed(derive_seed(config.seed, "train"))  # dropout & co., whatever was built
-    return Setup(config, device, data, model, objective, views, _view("eval", data, device))
+    return Setup(config, device, data, model, objective, views, _view("eval", data, device),
+                 unlabeled_monitor(data, config.data.split_seed))
+
+
+def _step_views(objective: Objective, batch_size: int) -> int:
+    """Batches of ``data.batch_size`` images one step forwards (an unlabeled view at μ = 7
+    counts 7; views a step strategy makes, such as MixMatch's mixed batch, count 1)."""
+    total = 0.0
+    for views in objective.inputs().values():
+        for key in views:
+            try:
+                spec = objective.streams[view_stream(key, objective.streams)]
+            except ValueError:
+                total += 1
+                continue
+            total += spec.size(batch_size) / batch_size
+    return math.ceil(total)
+
+
+MONITOR_SAMPLES = 2000
+"""Unlabeled samples with known labels on which pseudo-label quality is measured."""
+
+
+def unlabeled_monitor(data: DatasetSplits, seed: int) -> Split | None:
+    """A fixed, seeded draw of up to :data:`MONITOR_SAMPLES` unlabeled samples whose labels
+    are known (``true_labels >= 0``), or None when there are none."""
+    split = data.unlabeled
+    truth = getattr(split, "true_labels", None)
+    if split is None or truth is None:
+        return None
+    known = torch.nonzero(truth >= 0).flatten()
+    if not len(known):
+        return None
+    order = torch.randperm(len(known), generator=torch.Generator().manual_seed(seed))
+    return split.take(known[order[:MONITOR_SAMPLES]].sort().values)
 
 
 def _backbone(config: Config, data: DatasetSplits) -> Backbone:

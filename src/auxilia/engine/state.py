@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
+from auxilia.parts import STUDENT
 
 if TYPE_CHECKING:
     from auxilia.engine.context import RunContext
@@ -29,16 +30,23 @@ class IncompatibleResumeError(ValueError):
 def save(path: Path, run: RunContext) -> None:
     """Atomically write everything needed to continue exactly.
 
-    ``model`` is the student (what ``eval``, ``export`` and ``model.weights`` read); every
-    other slot whose weights change is under ``slots`` by name; frozen slots are rebuilt from
-    their source on resume.
+    ``model`` is the run's deployed model (what ``eval``, ``export``, ``model.weights`` and a
+    ``teacher.run`` read): the student, or the slot the objective deploys (Mean Teacher's EMA
+    model), named by ``deployed``; every other model whose weights change (the student
+    included, when it is not deployed) is under ``slots`` by name; frozen slots are rebuilt
+    from their source on resume.
     """
     loop = run.loop
+    deployed = run.objective.deployed
+    slots = {name: run.models[name].state_dict() for name, slot in run.slots.items()
+             if slot.stateful and name != deployed}
+    if deployed != STUDENT:
+        slots[STUDENT] = run.student.state_dict()
     save_checkpoint({
         "format": FORMAT_VERSION,
-        "model": run.student.state_dict(),
-        "slots": {name: run.models[name].state_dict() for name, slot in run.slots.items()
-                  if slot.stateful},
+        "model": run.models[deployed].state_dict(),
+        "deployed": deployed,
+        "slots": slots,
         "objective": run.objective.state_dict(),
         "optimizers": {name: opt.torch.state_dict() for name, opt in run.optimizers.items()},
         "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
@@ -54,7 +62,11 @@ def save(path: Path, run: RunContext) -> None:
 
 def restore(checkpoint: dict[str, Any], run: RunContext) -> None:
     """Load every slot, the objective, optimizers, streams, scaler, RNG and counters."""
-    run.student.load_state_dict(checkpoint["model"])
+    deployed = checkpoint.get("deployed", STUDENT)
+    if deployed != run.objective.deployed:
+        raise IncompatibleResumeError(f"the checkpoint's model is {deployed!r}, this run "
+                                      f"deploys {run.objective.deployed!r}")
+    run.models[deployed].load_state_dict(checkpoint["model"])
     for name, state in _named(checkpoint, "slots", None, {}).items():
         if name not in run.models:
             raise IncompatibleResumeError(f"the checkpoint holds slot {name!r}, which this "

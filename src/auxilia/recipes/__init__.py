@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import reduce
 
-from auxilia.recipes import contrastive, dense, distillation, self_distillation, supervision
+from auxilia.recipes import (
+    contrastive,
+    dense,
+    distillation,
+    self_distillation,
+    semi,
+    supervision,
+)
 from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams
 from auxilia.terms import Objective
 
 RECIPES: dict[str, Recipe] = {**supervision.RECIPES, **contrastive.RECIPES,
                                **self_distillation.RECIPES, **distillation.RECIPES,
-                               **dense.RECIPES}
+                               **dense.RECIPES, **semi.RECIPES}
 
 
 def build_objective(methods: Sequence[RecipeParams], ctx: RecipeContext) -> Objective:

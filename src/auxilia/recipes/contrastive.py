@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from auxilia.models.heads import HeadSpec, sepconv_layout
+from auxilia.parts import StreamSpec
 from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams, ce_terms, check_exits
 from auxilia.terms import CrossEntropy, Objective, Ref, SupCon, Term, Triplet
 
@@ -29,6 +30,11 @@ class CDSParams(RecipeParams):
     ce_views: Literal["first", "both"] = "first"
     head: Literal["sepconv", "mlp"] = "sepconv"
     proj_dim: int = Field(default=128, gt=0, description="output size of the mlp head")
+    unlabeled: bool = Field(default=False,
+                            description="also SimCLR on two views of unlabeled images")
+    unlabeled_weight: float | None = Field(default=None, ge=0, description="default: weight")
+    mu: float | None = Field(default=None, gt=0,
+                             description="unlabeled per labeled sample; default 1, yielding")
 
 
 def projection_head(exit_name: str, kind: str, ctx: RecipeContext, proj_dim: int) -> HeadSpec:
@@ -54,8 +60,27 @@ def cds(params: CDSParams, ctx: RecipeContext) -> Objective:
                params.temperature, params.base_temperature, weight=params.weight)
         for e in exits]
     views = ("x_lb",) if params.ce_views == "first" else ("x_lb", "x_lb2")
-    return Objective([*ce_terms(params.ce_weight, views), *terms], heads,
-                     {"x_lb": "cutout", "x_lb2": "color"})
+    objective = Objective([*ce_terms(params.ce_weight, views), *terms], heads,
+                          {"x_lb": "cutout", "x_lb2": "color"})
+    return objective | cds_unlabeled(params, ctx, exits) if params.unlabeled else objective
+
+
+def cds_unlabeled(params: CDSParams, ctx: RecipeContext, exits: list[str]) -> Objective:
+    """CDS's semi-supervised setting: SimCLR (no labels) between two views of each unlabeled
+    image at every exit's projection (the heads the labeled terms train), beside SupCon on the
+    labeled ones. The unlabeled views are ``x_ulb_v1`` (Cutout) and ``x_ulb_v2`` (colour)."""
+    if ctx.num_unlabeled <= 0:
+        raise ValueError("cds.unlabeled=true needs unlabeled images: set data.labels_per_class "
+                         "or data.labels_fraction, or data.unlabeled=<folder or CSV>")
+    weight = params.weight if params.unlabeled_weight is None else params.unlabeled_weight
+    terms: list[Term] = [
+        SupCon(f"simclr_ulb_{e}", (Ref("x_ulb_v1", e, "proj"), Ref("x_ulb_v2", e, "proj")), None,
+               params.temperature, params.base_temperature, weight=weight)
+        for e in exits]
+    stream = StreamSpec("unlabeled", keys="ulb", ratio=params.mu or 1.0,
+                        yields=params.mu is None)
+    return Objective(terms, views={"x_ulb_v1": "cutout", "x_ulb_v2": "color"},
+                     streams={"unlabeled": stream})
 
 
 class MetricParams(RecipeParams):

@@ -25,7 +25,18 @@ from auxilia.terms.distill import (
     SoftTargetCE,
 )
 from auxilia.terms.metric import SupCon, Triplet
+from auxilia.terms.semi import (
+    ConfidenceMaskedCE,
+    MixedTargetCE,
+    MixedTargetMSE,
+    Ramp,
+    SoftmaxConsistency,
+    TemporalEnsemble,
+    TSACrossEntropy,
+)
 
 __all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "HintMSE", "KLDistill",
            "Objective", "Outputs", "PredictionBankCE", "Progress", "ProjectionDistance", "Ref",
            "SimilarityKL", "SoftTargetCE", "SupCon", "TargetMSE", "Term", "Triplet"]
+__all__ += ["ConfidenceMaskedCE", "MixedTargetCE", "MixedTargetMSE", "Ramp",
+            "SoftmaxConsistency", "TSACrossEntropy", "TemporalEnsemble"]

@@ -27,6 +27,10 @@ from auxilia.parts import (
 )
 
 DEFAULT_VIEW = "weak"
+SOFT_VIEWS = {DEFAULT_VIEW: 0, "noisy": 1}
+"""Views a recipe asks for when any augmentation of that kind will do: combined with a recipe
+asking for a specific view of the same key, that one wins ("weak": any augmentation; "noisy":
+Mean Teacher's noise, which a specific augmentation such as CDS's replaces)."""
 
 Batch = Mapping[str, torch.Tensor]
 # outputs[(model, view)][exit][field]
@@ -109,6 +113,12 @@ class Term(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         """Called when the labeled stream finishes epoch ``epoch`` (0-based)."""
 
+    def metrics(self, outputs: Outputs, batch: Batch, progress: Progress
+                ) -> dict[str, torch.Tensor]:
+        """Detached numbers worth logging beside the loss (the share of a batch above a
+        confidence threshold), logged as ``<term name>/<key>``; not part of the loss."""
+        return {}
+
     def signature(self) -> tuple[Any, ...]:
         """What makes two terms the same term: type, weight, references and options."""
         return (type(self).__name__, self.weight, self.refs(), self.options())
@@ -150,6 +160,9 @@ class Objective(nn.Module):
         streams: index streams besides ``labeled``, by name.
         optimizers: named optimizers; by default one, ``main``, over everything trainable.
         step: the step strategy; by default :class:`~auxilia.parts.OneBackward`.
+        deploy: the slot that is the run's model: evaluated as ``val/...``, selected on
+            validation, saved as the checkpoint's ``model`` and exported (an EMA slot for Mean
+            Teacher); None: the student.
     """
 
     def __init__(self, terms: Sequence[Term] = (), heads: Sequence[HeadSpec] = (),
@@ -157,7 +170,7 @@ class Objective(nn.Module):
                  slots: Mapping[str, Slot] | None = None,
                  streams: Mapping[str, StreamSpec] | None = None,
                  optimizers: Mapping[str, OptimizerSpec] | None = None,
-                 step: StepStrategy | None = None) -> None:
+                 step: StepStrategy | None = None, deploy: str | None = None) -> None:
         super().__init__()
         self.terms = nn.ModuleDict()
         self.heads: dict[str, HeadSpec] = {}
@@ -166,6 +179,7 @@ class Objective(nn.Module):
         self.streams: dict[str, StreamSpec] = dict(DEFAULT_STREAMS)
         self.optimizers: dict[str, OptimizerSpec] = {}
         self.step: StepStrategy = OneBackward()
+        self.deploy: str | None = None
         for term in terms:
             self._add_term(term)
         for spec in heads:
@@ -173,6 +187,33 @@ class Objective(nn.Module):
         for key, recipe in (views or {}).items():
             self._add_view(key, recipe)
         self._add_parts(slots or {}, streams or {}, optimizers or {}, step)
+        self._set_deploy(deploy)
+
+    @property
+    def threshold(self) -> float:
+        """The confidence threshold of the objective's pseudo-labels (its first term with a
+        ``threshold``), for reporting the share of unlabeled samples above it; 0.95 else."""
+        for term in self.terms.values():
+            value = getattr(term, "threshold", None)
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                return float(value)
+        return 0.95
+
+    @property
+    def deployed(self) -> str:
+        """The slot evaluated, selected and exported as the run's model."""
+        return self.deploy or STUDENT
+
+    def _set_deploy(self, deploy: str | None) -> None:
+        if deploy is None:
+            return
+        if self.deploy is not None and self.deploy != deploy:
+            raise ValueError(f"two methods deploy different models ({self.deploy!r} and "
+                             f"{deploy!r}); set the methods' deploy options to agree")
+        if deploy != STUDENT and deploy not in self.slots:
+            raise ValueError(f"deploy names slot {deploy!r}, which is not declared; slots: "
+                             f"{', '.join([STUDENT, *self.slots])}")
+        self.deploy = deploy
 
     def _add_term(self, term: Term) -> None:
         if term.name in self.terms:
@@ -200,14 +241,16 @@ class Objective(nn.Module):
 
     def _add_view(self, key: str, recipe: str) -> None:
         old = self.views.get(key)
-        if old == DEFAULT_VIEW or (old is not None and recipe == DEFAULT_VIEW):
-            # "weak" is what a recipe asks for when any augmentation will do: a specific one wins
-            self.views[key] = old if recipe == DEFAULT_VIEW else recipe
+        if old is None or old == recipe:
+            self.views[key] = recipe
             return
-        if old is not None and old != recipe:
+        rank_old, rank_new = SOFT_VIEWS.get(old), SOFT_VIEWS.get(recipe)
+        if rank_old is None and rank_new is None:
             raise ValueError(f"two recipes want view {key!r} augmented differently: "
                              f"{old!r} vs {recipe!r}")
-        self.views[key] = recipe
+        # a soft request gives way to a specific view, and "weak" to "noisy"
+        if rank_old is not None and (rank_new is None or rank_new > rank_old):
+            self.views[key] = recipe
 
     def _add_parts(self, slots: Mapping[str, Slot], streams: Mapping[str, StreamSpec],
                    optimizers: Mapping[str, OptimizerSpec], step: StepStrategy | None) -> None:
@@ -219,6 +262,11 @@ class Objective(nn.Module):
                                    ("optimizer", self.optimizers, optimizers)):
             for name, part in theirs.items():
                 if name in mine and mine[name] != part:
+                    if getattr(part, "yields", False):
+                        continue  # a default that gives way to the one there
+                    if getattr(mine[name], "yields", False):
+                        mine[name] = part  # type: ignore[index]
+                        continue
                     raise ValueError(f"two methods define {kind} {name!r} differently: "
                                      f"{mine[name]} vs {part}")
                 mine[name] = part  # type: ignore[index]
@@ -239,6 +287,8 @@ class Objective(nn.Module):
         for key, recipe in other.views.items():
             combined._add_view(key, recipe)
         combined._add_parts(other.slots, other.streams, other.optimizers, other.step)
+        combined._set_deploy(self.deploy)
+        combined._set_deploy(other.deploy)
         return combined
 
     def inputs(self) -> dict[str, list[str]]:
@@ -266,6 +316,8 @@ class Objective(nn.Module):
         for name, term in self.terms.items():
             value = term.compute(outputs, batch, progress)
             parts[name] = value.detach()
+            for key, metric in term.metrics(outputs, batch, progress).items():  # type: ignore[operator]
+                parts[f"{name}/{key}"] = metric.detach()
             weighted = term.weight_at(progress) * value
             total = weighted if total is None else total + weighted
         if total is None:
