@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install install-test lint bench bench-cds bench-kd clean
+.PHONY: demo test install install-test lint bench bench-cds bench-kd bench-semi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ lint: install-test
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py
+
+# semi-supervised methods on digits and MNIST with 100 labels (~45 min on 2 cores, resumable)
+bench-semi: install
+	$(BIN)/auxilia compare benchmarks/sweeps/semi_digits.yaml
+	$(BIN)/auxilia compare benchmarks/sweeps/semi_mnist.yaml
+	$(BIN)/python benchmarks/semi_tables.py runs/bench/semi_digits runs/bench/semi_mnist
 
 # the CDS family on CIFAR-10 at CPU scale (~1 h on 2 cores, resumable), then its README table
 bench-cds: install

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors_file
@@ -144,3 +145,33 @@ def test_compositions_train(methods: str, tmp_path: Path) -> None:
     if methods == "[mean_teacher, cds]":  # CDS's specific views replace Mean Teacher's noise
         assert setup.objective.views["x_lb"] == "cutout"
         assert setup.objective.views["x_ulb_w"] == "noisy"
+
+
+def _png(path: Path, seed: int, size: int = 16) -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_a_real_unlabeled_folder_trains_end_to_end(tmp_path: Path) -> None:
+    """A user's folder source with class folders, and a separate folder of unlabeled PNGs
+    (nested, no classes): FixMatch trains, evaluates, checkpoints and reports on it."""
+    root, extra = tmp_path / "pets", tmp_path / "extra"
+    for c, name in enumerate(("ant", "bee", "cat")):
+        for i in range(12):
+            _png(root / "train" / name / f"{i}.png", 100 * c + i)
+        for i in range(4):
+            _png(root / "test" / name / f"{i}.png", 5000 + 100 * c + i)
+    for i in range(40):
+        _png(extra / ("nested" if i % 2 else "") / f"u{i}.png", 9000 + i)
+    _png(extra / "leak.png", 5000)  # a copy of a test image: kept out of the unlabeled split
+    config = load_config(None, [*TINY[:-1], f"run.dir={tmp_path / 'runs'}", "run.name=fm",
+                                "data.source=folder", f"data.root={root}",
+                                f"data.unlabeled={extra}", "data.batch_size=8",
+                                "method={name: fixmatch, mu: 2}"])
+    result = train(config)
+    assert result.summary["splits"]["unlabeled"]["count"] == 40
+    assert result.summary["steps"] == 12 and result.summary["train_images"] == 12 * (8 + 16)
+    assert any("unlabeled" in note for note in result.summary["notes"])
+    assert "unlabeled" not in result.summary  # its labels are unknown: nothing to measure
