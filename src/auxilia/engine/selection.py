@@ -37,7 +37,8 @@ def evaluate_and_save(run: RunContext, *, test_now: bool = True) -> None:
         record.update(evaluate_split(run, "val", model, prefix))
     improved = is_better(record, loop.best)
     for prefix, model in models.items():
-        if test_now or improved:
+        # each model's own selection on val gets its exact test numbers too
+        if test_now or improved or (prefix and _improves(record, loop.evals, prefix[:-1])):
             record.update(evaluate_split(run, "test", model, prefix))
         record.update(unlabeled_quality(run, model, prefix))
     run.set_modes()  # evaluation put the models in eval mode
@@ -158,6 +159,12 @@ def is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
     if best is None:
         return True
     return key > _selection_key(best["val"], "")
+
+
+def _improves(record: dict[str, Any], evals: list[dict[str, Any]], name: str) -> bool:
+    """Whether ``record`` is a new best on val for the model evaluated as ``name:``."""
+    mine = per_model_records([*evals, record]).get(name, [])
+    return bool(mine) and is_better(mine[-1], best_on_val(mine[:-1]))
 
 
 def best_on_val(records: list[dict[str, Any]]) -> dict[str, Any] | None:
