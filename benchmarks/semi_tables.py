@@ -28,6 +28,9 @@ from auxilia.compare.collect import Collection, RunRecord, collect
 ROOT = Path(__file__).resolve().parents[1]
 TOP1 = "final/top1"
 MT_FULL, MT_CLEAN = "Mean Teacher", "Mean Teacher, no noise"
+VARIATIONS = (MT_CLEAN, "Mean Teacher, paper defaults", "Temporal Ensembling, μ = 7")
+"""Rows that vary a method (an ablation, the published settings, another μ): reported, but
+not one of the methods the "every method beats supervised" target is about."""
 
 
 def model_figures(record: RunRecord, model: str | None) -> dict[str, float]:
@@ -110,15 +113,18 @@ def describe(collection: Collection) -> str:
             f"{machine.get('torch', '?')}); seeds {', '.join(map(str, seeds))}; mean ± std over "
             "seeds; test top-1 at the checkpoint selected on val (never the best on test) and "
             f"the median of the last {cfg['train']['keep_last_evals']} evaluations; pseudo-label "
-            "figures on 2,000 unlabeled images with known labels at the last evaluation")
+            "figures on up to 2,000 unlabeled images with known labels at the last evaluation; "
+            "images/s counts the samples of both streams")
 
 
 def targets(means: dict[str, float], baseline: str, goal: float | None) -> str:
     """Which targets were met, in words."""
     base = means[baseline]
-    losers = [v for v, m in means.items() if v != baseline and not m > base]
-    best = max((v for v in means if v != baseline), key=lambda v: means[v])
-    lines = [f"Every method beats {baseline} ({base:.2f}) on the mean: "
+    methods = [v for v in means if v != baseline and v not in VARIATIONS]
+    losers = [v for v in methods if not means[v] > base]
+    best = max(methods, key=lambda v: means[v])
+    lines = [f"Every method beats {baseline} ({base:.2f}) on the mean of the selected test "
+             "top-1 (rows that vary a method not counted): "
              + ("**met**." if not losers else f"**missed** by {', '.join(losers)}.")]
     if goal is not None:
         verdict = "**met**" if means[best] >= goal else "**missed**"

@@ -353,3 +353,15 @@ def test_mnist_with_ten_labels_per_class(shared_data: Path) -> None:
     assert unl.true_labels is not None
     truth = _by_key(base.train)
     assert [truth[k] for k in unl.keys.tolist()] == unl.true_labels.tolist()
+
+
+def test_auto_sizing_reads_the_training_files_beside_an_unlabeled_folder_inside_root(
+        tmp_path: Path) -> None:
+    """``model.name=auto`` sizes the run from the training files; an unlabeled folder inside
+    the root is not a class or split folder there either."""
+    from auxilia.engine.auto import _train_files
+
+    root = _labeled(tmp_path / "pets")
+    _unlabeled(root / "unlabeled")
+    files = _train_files(DataConfig(source="folder", root=str(root), unlabeled="unlabeled"))
+    assert len(files) == 24 and not any("unlabeled" in str(f) for f in files)

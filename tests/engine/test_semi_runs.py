@@ -13,11 +13,13 @@ from safetensors.torch import load_file as load_safetensors_file
 
 from auxilia.config import load_config
 from auxilia.engine import train
+from auxilia.engine.batch import make_batch
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.context import build_run
 from auxilia.engine.export import export_run
 from auxilia.engine.setup import build_setup
 from auxilia.parts import EMASlot
+from auxilia.terms import Progress
 
 TINY = ["run.progress=off", "run.tensorboard=false", "run.plot=false", "data.batch_size=16",
         "train.steps=12", "train.eval_every=6", "train.device=cpu", "data.labels_per_class=5"]
@@ -175,3 +177,42 @@ def test_a_real_unlabeled_folder_trains_end_to_end(tmp_path: Path) -> None:
     assert result.summary["steps"] == 12 and result.summary["train_images"] == 12 * (8 + 16)
     assert any("unlabeled" in note for note in result.summary["notes"])
     assert "unlabeled" not in result.summary  # its labels are unknown: nothing to measure
+
+
+def test_mixmatch_guesses_without_gradient_or_batchnorm_drift_then_forwards_once() -> None:
+    """The guess runs the K weak views without autograd and leaves BatchNorm's running
+    statistics as they were; the mixed batch and every other view go through one forward."""
+    setup = build_setup(load_config(None, [*TINY, "method=mixmatch"]))
+    run = build_run(setup)
+    run.set_modes()
+    streams = setup.objective.streams
+    batch = make_batch(setup, {n: torch.arange(s.size(16)) for n, s in streams.items()})
+    step = setup.objective.step
+    before = [b.clone() for b in run.student.buffers()]
+    guess = step.guess(run, batch)
+    assert not guess.requires_grad and guess.shape == (16, setup.data.num_classes)
+    assert torch.allclose(guess.sum(1), torch.ones(16))
+    assert all(torch.equal(a, b) for a, b in zip(before, run.student.buffers(), strict=True))
+    mixed = step.mix(batch, guess, 0)
+    assert torch.allclose(mixed["t_mix_lb"].sum(1), torch.ones(16))
+    assert mixed["x_mix_ulb"].shape[0] == 2 * 16  # K = 2 views of μ·B = 16
+    calls: list[int] = []
+    handle = run.student.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    result = step(run, batch, Progress(0, 12, 6))
+    handle.remove()
+    assert result.committed and calls == [32, 16 + 32]  # the guess, then one mixed forward
+    assert {"mixmatch_x", "mixmatch_u"} <= set(result.losses)
+
+
+def test_semi_supervised_training_learns_from_the_unlabeled_images(tmp_path: Path) -> None:
+    """Two labels per class on digits: pseudo-labels on the other ~1,240 images lift the
+    test accuracy well above training on the 20 labeled images alone (same seed, same
+    steps, same labeled batches)."""
+    common = ["data.labels_per_class=2", "train.steps=300", "train.eval_every=100",
+              "data.batch_size=20", "optim.lr=0.03", "train.test_eval=every"]
+    alone = train(_config(tmp_path, "sup", "supervised", *common))
+    semi = train(_config(tmp_path, "pl", "{name: pseudo_label, threshold: 0.9, rampup: 0.2}",
+                         *common))
+    assert semi.summary["splits"]["unlabeled"]["count"] > 1000
+    assert semi.test_top1 > alone.test_top1 + 5, (semi.test_top1, alone.test_top1)
+    assert semi.summary["unlabeled"]["unlabeled/top1"] > 70

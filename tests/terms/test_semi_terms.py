@@ -166,6 +166,22 @@ def test_temporal_ensemble_epoch_ends_after_exactly_n_over_b_batches() -> None:
     assert torch.allclose(term.bank[1], expected)
 
 
+def test_temporal_ensemble_folds_at_the_streams_new_epoch_after_a_skipped_step() -> None:
+    """A skipped step's batch is never recorded, so the epoch's count falls short; the next
+    epoch's first batch repeats a sample recorded this epoch, and the epoch is folded then,
+    never mixing two epochs' predictions of one sample."""
+    term = _te(6)  # b = 2: an epoch is 3 batches
+    z = _logits(10, 6, 3).detach()
+    _te_step(term, z[[0, 1]], [0, 1])
+    _te_step(term, z[[2, 3]], [2, 3])  # [4, 5] was a skipped step: not recorded
+    assert term.updates.sum() == 0 and term.seen.item() == 4
+    z2 = _logits(11, 6, 3).detach()
+    _te_step(term, z2[[1, 4]], [1, 4])  # the new epoch: 1 repeats
+    assert term.updates.tolist() == [1, 1, 1, 1, 0, 0]
+    assert torch.allclose(term.bank[1], 0.4 * z[1].softmax(dim=0))  # epoch 1's, not epoch 2's
+    assert term.epoch_seen.tolist() == [False, True, False, False, True, False]
+
+
 def test_temporal_ensemble_loss_matches_its_loop() -> None:
     alpha, n, c = 0.6, 5, 3
     term = _te(n, c, alpha)

@@ -56,8 +56,11 @@ def _train_files(cfg: DataConfig) -> list[Path]:
 
     if cfg.source == "folder" and cfg.root is not None:
         root = Path(cfg.root).expanduser()
-        train = folders._split_folders(root).get("train", root)
-        return folders._scan_classes(train, None)[1]
+        skip = folders._unlabeled_inside(root, cfg)  # an unlabeled folder is no class
+        splits = folders._split_folders(root, skip)
+        if "train" in splits:
+            return folders._scan_classes(splits["train"], None)[1]
+        return folders._scan_classes(root, None, skip=skip)[1]
     if cfg.source == "csv" and cfg.csv is not None:
         path = Path(cfg.csv.train).expanduser()
         path = Path(cfg.root) / path if cfg.root and not path.is_absolute() else path

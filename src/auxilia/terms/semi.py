@@ -175,6 +175,10 @@ class TemporalEnsemble(_Ramped):
         """Record this committed step's predictions; fold them into ``Z`` at the stream's
         epoch boundary."""
         idx = batch[self.index]
+        if self.epoch_seen[idx].any():
+            # a sample twice in one epoch: the stream started a new one while this epoch's
+            # count fell short (a skipped step's batch was never recorded): fold it first
+            self._end_epoch()
         self.epoch_preds[idx] = self.student.read(outputs).detach().float().softmax(dim=1)
         self.epoch_seen[idx] = True
         self.seen += len(idx)
