@@ -27,6 +27,25 @@ def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch
         yield split.images[rows], split.labels[rows]
 
 
+def _forwards(model: nn.Module, split: Split, view: nn.Module, batch_size: int,
+              device: torch.device, amp: bool, amp_dtype: torch.dtype, channels_last: bool
+              ) -> Iterator[tuple[slice, dict]]:
+    """``(rows, outputs)`` of ``model`` in eval mode over ``split`` in order, through ``view``;
+    the model's mode is restored at the end."""
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in eval_batches(len(split), batch_size):
+            x = view(split.images[rows].to(device, non_blocking=True))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp, amp_dtype):
+                outs = model(x)
+            yield rows, outs
+    finally:
+        model.train(was_training)
+
+
 def _dense_errors(outs: dict, targets: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]
                   ) -> None:
     """Add each exit's summed squared error on every target field to ``sums``."""
@@ -50,18 +69,12 @@ def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int
         dense targets ``{"<exit>/<field>_mse": ..., "loss": Σ_fields MSE at the deepest exit
         giving them}``.
     """
-    was_training = model.training
-    model.eval()
     correct: dict[str, torch.Tensor] = {}
     dense: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=device)
-    for rows in eval_batches(len(split), batch_size):
-        x = view(split.images[rows].to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
+                                channels_last):
         y = split.labels[rows].to(device)
-        with autocast(device, amp, amp_dtype):
-            outs = model(x)
         if split.targets is not None:
             _dense_errors(outs, {k: v[rows].to(device) for k, v in split.targets.items()},
                           dense)
@@ -75,7 +88,6 @@ def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int
                 correct[key] = correct.get(key, 0) + hits
             if exit_name == "final":
                 loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-    model.train(was_training)
     n = max(1, len(split))
     if split.targets is not None:
         return _dense_metrics(dense, split)
@@ -111,22 +123,15 @@ def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, thresh
     truth = split.true_labels
     if truth is None:
         return {}
-    was_training = model.training
-    model.eval()
     right = above = right_above = 0
-    for rows in eval_batches(len(split), batch_size):
-        x = view(split.images[rows].to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp, amp_dtype):
-            logits = model(x)["final"]["logits"].float()
-        confidence, guess = logits.softmax(1).max(1)
+    for rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
+                                channels_last):
+        confidence, guess = outs["final"]["logits"].float().softmax(1).max(1)
         hit = guess.cpu() == truth[rows]
         sure = (confidence >= threshold).cpu()
         right += int(hit.sum())
         above += int(sure.sum())
         right_above += int((hit & sure).sum())
-    model.train(was_training)
     n = max(1, len(split))
     metrics = {"top1": 100.0 * right / n, "above_threshold": 100.0 * above / n}
     if above:

@@ -102,9 +102,8 @@ def unlabeled_quality(run: RunContext, model: nn.Module, prefix: str = "") -> di
     """Pseudo-label quality of ``model`` on the unlabeled samples whose labels are known
     (:func:`auxilia.engine.evaluate.pseudo_label_quality`), as ``<prefix>unlabeled/...``."""
     setup = run.setup
-    split = setup.data.unlabeled
-    monitor = getattr(setup, "unlabeled_monitor", None)
-    if split is None or monitor is None or not len(monitor):
+    monitor = setup.unlabeled_monitor
+    if monitor is None:
         return {}
     cfg = setup.config
     metrics = pseudo_label_quality(model, monitor, setup.eval_view, run.objective.threshold,

@@ -187,10 +187,9 @@ def unlabeled_monitor(data: DatasetSplits, seed: int) -> Split | None:
     """A fixed, seeded draw of up to :data:`MONITOR_SAMPLES` unlabeled samples whose labels
     are known (``true_labels >= 0``), or None when there are none."""
     split = data.unlabeled
-    truth = getattr(split, "true_labels", None)
-    if split is None or truth is None:
+    if split is None or split.true_labels is None:
         return None
-    known = torch.nonzero(truth >= 0).flatten()
+    known = torch.nonzero(split.true_labels >= 0).flatten()
     if not len(known):
         return None
     order = torch.randperm(len(known), generator=torch.Generator().manual_seed(seed))

@@ -63,12 +63,17 @@ def require_unlabeled(method: str, ctx: RecipeContext) -> None:
 
 def semi_objective(params: SemiParams, ctx: RecipeContext, default_mu: float,
                    terms: list[Term], views: dict[str, str], *, ema: EMASlot | None = None,
-                   **parts: object) -> Objective:
-    """The shared frame: CE on the labeled view, the unlabeled stream, the EMA slot."""
+                   default_ce: float | None = 1.0, **parts: object) -> Objective:
+    """The shared frame: CE on the labeled view, the unlabeled stream, the EMA slot.
+
+    ``default_ce``: the plain CE's weight when ``ce_weight`` is unset (0: none unless given;
+    None: never, the method's terms have their own CE).
+    """
     require_unlabeled(params.name, ctx)
     mu = default_mu if params.mu is None else params.mu
     stream = StreamSpec(UNLABELED, keys="ulb", ratio=mu, yields=params.mu is None)
-    ce = 1.0 if params.ce_weight is None else params.ce_weight
+    ce = 0.0 if default_ce is None else (
+        default_ce if params.ce_weight is None else params.ce_weight)
     all_terms = [*ce_terms(ce, ("x_lb",), yields=params.ce_weight is None), *terms]
     if ema is None and params.ema_decay is not None:
         ema = EMASlot(decay=params.ema_decay, buffers=params.ema_buffers)
@@ -207,8 +212,8 @@ def uda(params: UDAParams, ctx: RecipeContext) -> Objective:
     if params.tsa is not None:  # TSA's CE replaces the plain one
         ce = 1.0 if params.ce_weight is None else params.ce_weight
         terms.append(TSACrossEntropy("ce", Ref("x_lb"), ctx.num_classes, params.tsa, weight=ce))
-        params = params.model_copy(update={"ce_weight": 0.0})
-    return semi_objective(params, ctx, 7.0, terms, {"x_ulb_w": "weak", "x_ulb_s": "strong"})
+    return semi_objective(params, ctx, 7.0, terms, {"x_ulb_w": "weak", "x_ulb_s": "strong"},
+                          default_ce=None if params.tsa is not None else 1.0)
 
 
 class MixMatchParams(SemiParams):
@@ -235,10 +240,9 @@ def mixmatch(params: MixMatchParams, ctx: RecipeContext) -> Objective:
                        ramp=_ramp(params, "linear"))]
     step = MixMatchStep(guess_views, params.temperature, params.alpha, ctx.num_classes,
                         ctx.seed)
-    # L_x replaces the plain CE: ce_weight 0 unless given
-    params = params.model_copy(update={"ce_weight": params.ce_weight or 0.0})
+    # L_x replaces the plain CE: none unless ce_weight is given
     return semi_objective(params, ctx, 1.0, terms, dict.fromkeys(guess_views, "weak"),
-                          step=step)
+                          default_ce=0.0, step=step)
 
 
 RECIPES = {
