@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "Resume with: ..." lines
     takes_items = args.command in ("train", "compare")
     if extra and (not takes_items or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -149,7 +151,12 @@ def _rounds(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"auxilia rounds takes one pipeline file, then key=value overrides; "
                          f"got {' '.join(bad)}")
-    for r in run_pipeline(load_pipeline(args.pipeline, args.items)):
+    try:
+        results = run_pipeline(load_pipeline(args.pipeline, args.items))
+    except KeyboardInterrupt:
+        print("Resume with: " + shlex.join(["auxilia", *args.argv]), file=sys.stderr, flush=True)
+        raise
+    for r in results:
         print(f"{r.name:16s} {r.status:8s} val top1 {_fmt(r.val_top1):>6s}  "
               f"test top1 {_fmt(r.test_top1):>6s}  {r.run_dir}")
     return 0
@@ -174,10 +181,41 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> Config:
     if not folder.config.is_file():
         raise FileNotFoundError(f"cannot resume: {folder.config} does not exist; is {run_dir} "
                                 "an auxilia run folder?")
+    _refuse_moving_overrides(run_dir, overrides)
     config = load_config(folder.config, overrides)
     # run.dir and run.name locate the folder being resumed, wherever it was moved
     config.run.dir, config.run.name = str(run_dir.parent), run_dir.name
     return config
+
+
+def _refuse_moving_overrides(run_dir: Path, overrides: list[str]) -> None:
+    """Refuse ``run.name=``/``run.dir=`` overrides naming another place than ``run_dir``.
+
+    The folder resumed is ``run_dir`` whatever its ``config.yaml`` says (it may have been
+    moved), so these overrides cannot take effect; replacing them silently would let a user
+    believe the run continues under the new name. Naming ``run_dir`` itself is harmless.
+    """
+    from auxilia.config import ConfigError, apply_override
+
+    raw: dict[str, object] = {}
+    for item in overrides:
+        apply_override(raw, item)
+    run = raw.get("run")
+    given = run if isinstance(run, dict) else {}
+    # str(): run.name=123 names the folder 123; that YAML made it a number is load_config's to say
+    if "name" in given and str(given["name"]) != run_dir.name:
+        raise ConfigError(
+            f"--resume: run.name cannot change on resume (it is the name of the run folder "
+            f"{run_dir}, which is continued); to continue the run under another name, move its "
+            f"folder (mv {run_dir} {run_dir.parent / str(given['name'])}) and resume that; to "
+            "start a new run, leave out --resume")
+    if "dir" in given and Path(str(given["dir"])).expanduser().resolve() != (
+            run_dir.parent.resolve()):
+        raise ConfigError(
+            f"--resume: run.dir cannot change on resume (the run folder {run_dir} is "
+            f"continued where it is); to continue it in {given['dir']}, move it there "
+            f"(mv {run_dir} {Path(str(given['dir'])) / run_dir.name}) and resume that; to "
+            "start a new run, leave out --resume")
 
 
 def _print_summary(summary: dict) -> None:

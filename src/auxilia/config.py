@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from auxilia.config_errors import ConfigError
 from auxilia.config_errors import describe as _describe
 from auxilia.config_errors import suggest as _suggest
 from auxilia.data.config import DataConfig
@@ -25,14 +26,13 @@ from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
 from auxilia.strict import Strict
 from auxilia.teachers import TeacherConfig
+from auxilia.yamlio import DuplicateKeyError
+from auxilia.yamlio import load as _load_yaml
+from auxilia.yamlio import problem as _yaml_problem
 
 SEED_MAX = 2**32 - 1
 """Seeds are integers in ``[0, SEED_MAX]``: what ``numpy.random.seed`` accepts (torch takes more,
 but the run seeds NumPy with the same number)."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message that names the key and the fix."""
 
 
 MAX_RUN_NAME = 128
@@ -269,19 +269,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file with the safe loader; the top level must be a mapping.
+    """Parse a YAML file with the safe loader (:mod:`auxilia.yamlio`: no duplicate keys); the
+    top level must be a mapping.
 
     The file must be a regular file (a FIFO or ``/dev/stdin`` from a terminal would block) in
     UTF-8, with or without a byte-order mark, or in UTF-16/UTF-32 with one.
 
     Raises:
         ConfigError: the file is missing, not a regular file, not text in those encodings, not
-            valid YAML, or not a mapping; the message names the file.
+            valid YAML (a key twice in one mapping included), or not a mapping; the message
+            names the file.
     """
     p = regular_file(path, "config file", ConfigError)
     text = decode_text(p.read_bytes(), f"{p}:", ConfigError)
     try:
-        data = yaml.safe_load(text) or {}
+        data = _load_yaml(text) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{p}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(err)}") from None
     except RecursionError:
@@ -292,23 +296,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: the problem and where it is."""
-    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
-        mark = err.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = f" ({err.context})" if err.context else ""
-        return f"{err.problem}{context}{where}"
-    return " ".join(str(err).split())
-
-
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``1e-3``, ``[a, b]``)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.1)")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_yaml(text) if text.strip() else None
+    except DuplicateKeyError as err:  # not a plain string: the user meant a mapping
+        raise ConfigError(f"override {key.strip()!r}: {err}") from None
     except yaml.YAMLError:
         value = text
     except RecursionError:

@@ -13,6 +13,9 @@ statistics drift with the student's inputs). It can come from
 A teacher trained at other statistics or another resolution gets its inputs adapted
 (:class:`InputAdapter`): the student's normalised batch is un-normalised, normalised the
 teacher's way and resized, inside the teacher's slot, so the student's tensors are untouched.
+A teacher whose classes come in another order, or are paired with the student's by
+``teacher.classes``, has its logits reordered inside its slot too (:class:`ClassOrder`), so
+every recipe sees them in the student's class order.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from auxilia.parts import ModuleSlot
+from auxilia.parts import ModuleSlot, Slot
 from auxilia.strict import Strict
 
 TEACHER = "teacher"
@@ -53,6 +56,51 @@ class TeacherConfig(Strict):
     std: list[float] | None = Field(default=None, description="its input normalisation std")
     image_size: int | None = Field(default=None, gt=0, description="its input side")
     in_chans: int | None = Field(default=None, gt=0, description="its input channels")
+    classes: dict[str, str] | list[str] | None = Field(default=None, description=(
+        "pairs the student's classes with the teacher's when their names differ: a mapping "
+        "student class -> teacher class ({c2: c3}; a student class left out pairs with the "
+        "teacher class of its own name; teacher classes no student class pairs with are "
+        "dropped from its logits). For a teacher.model or Python-API teacher, whose class "
+        "names are unknown, a list of its class names in the order of its logits. A run "
+        "teacher whose classes are the student's in another order needs neither: its logits "
+        "are reordered to the student's"))
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_names(cls, value: Any) -> Any:
+        return check_class_names(value)
+
+
+def check_class_names(value: Any) -> dict[str, str] | list[str] | None:
+    """``teacher.classes`` with its names as text (YAML reads the class ``3`` as a number).
+
+    Raises:
+        ValueError: not a non-empty mapping or list of names, or a name given twice.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict) and value:
+        pairs = {_name(k): _name(v) for k, v in value.items()}
+        _no_twice(list(pairs.values()), "two student classes pair with teacher class {}")
+        return pairs
+    if isinstance(value, list) and value:
+        names = [_name(v) for v in value]
+        _no_twice(names, "the list names class {} twice")
+        return names
+    raise ValueError("expected a mapping student class: teacher class (e.g. {c2: c3}), or, "
+                     f"for a teacher whose class names are unknown, a list of them; got {value!r}")
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"class names are text, got {value!r}")
+    return str(value)
+
+
+def _no_twice(names: list[str], what: str) -> None:
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(what.format(repr(twice[0])) + "; each class pairs with one class")
 
 
 @dataclass(eq=False)
@@ -68,6 +116,8 @@ class LoadedTeacher:
         num_classes: width of ``final.logits`` (None without one).
         data_listing: per split, ``[name, key]`` of the samples the teacher's run trained on
             (a run teacher's ``data.json``), to keep the student's test images out of it.
+        class_note: how its logits were reordered to the student's classes, or None.
+        sha256: :func:`weights_checksum` of ``model`` when it was built.
         slot: the frozen slot recipes declare for it (:data:`TEACHER`).
     """
 
@@ -76,11 +126,15 @@ class LoadedTeacher:
     shapes: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     num_classes: int | None = None
     data_listing: dict[str, list[list[str]]] | None = None
-    slot: ModuleSlot = field(init=False)
+    class_note: str | None = None
+    sha256: str = field(init=False)
+    slot: TeacherSlot = field(init=False)
 
     def __post_init__(self) -> None:
+        self.sha256 = weights_checksum(self.model)
         # one slot object, so that every recipe reading the teacher declares the same slot
-        self.slot = ModuleSlot(self.model, self.source)
+        self.slot = TeacherSlot(self.model, self.source, sha256=self.sha256,
+                                class_note=self.class_note)
 
     def channels(self, exit_name: str, out: str = "feat") -> int:
         """Channels (or width) of ``out`` at ``exit_name``, naming the exits when unknown."""
@@ -98,6 +152,44 @@ class LoadedTeacher:
     def exits_with(self, out: str) -> list[str]:
         """The teacher's exits that give ``out`` (e.g. ``proj``), in depth order."""
         return [e for e, fields in self.shapes.items() if out in fields]
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherSlot(ModuleSlot):
+    """The teacher's frozen slot, with the checksum of its weights when it was built (what a
+    checkpoint records, so that a resumed run refuses a teacher retrained since)."""
+
+    sha256: str = ""
+    class_note: str | None = None
+
+
+def teacher_record(slots: Mapping[str, Slot]) -> dict[str, str] | None:
+    """What a student's checkpoint records of its teacher: its source and the checksum of its
+    weights (the first start's: a resume with other weights is refused), or None."""
+    slot = slots.get(TEACHER)
+    if not isinstance(slot, TeacherSlot):
+        return None
+    return {"source": slot.source, "sha256": slot.sha256}
+
+
+class ClassOrder(nn.Module):
+    """A teacher's logits in the student's class order: ``logits[:, index]`` at every exit.
+
+    ``index[i]`` is the teacher's logit of the student's class ``i``; teacher classes it does
+    not name are dropped. Features and other outputs pass unchanged.
+    """
+
+    def __init__(self, teacher: nn.Module, index: Sequence[int]) -> None:
+        super().__init__()
+        self.teacher = teacher
+        # not persistent: the teacher's weights (and their checksum) are its own
+        self.register_buffer("index", torch.tensor(list(index), dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, dict[str, Any]]:
+        out = self.teacher(x)
+        return {e: {k: t.index_select(-1, self.index) if k == "logits" else t
+                    for k, t in fields.items()} for e, fields in out.items()}
 
 
 class ModuleTeacher(nn.Module):

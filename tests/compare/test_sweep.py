@@ -125,7 +125,7 @@ def test_report_refuses_to_replace_files_it_did_not_write(tmp_path: Path) -> Non
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "results.md").write_text("my notes")
-    with pytest.raises(FileExistsError, match="did not write"):
+    with pytest.raises(FileExistsError, match="auxilia did not make it as a report folder"):
         write_report(collect([outcome.folder]), mine)
     assert (mine / "results.md").read_text() == "my notes"
 
@@ -143,3 +143,4 @@ def test_compare_command_quick_form(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli(["compare", "-", "--methods", "supervised,[deep_supervision]", "--seeds", "1",
                 "--name", "quick", f"run.dir={tmp_path}", *TINY]) == 0
     assert "2 finished before" in capsys.readouterr().out
+

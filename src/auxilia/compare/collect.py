@@ -19,6 +19,7 @@ import yaml
 
 from auxilia.engine import state as run_state
 from auxilia.engine.runfolder import MARKER, RunFolder
+from auxilia.yamlio import load as load_yaml
 
 __all__ = ["SWEEP_FILE", "Collection", "RunRecord", "Status", "collect", "read_run"]
 
@@ -161,6 +162,10 @@ def collect(paths: Sequence[str | Path]) -> Collection:
     records += hand
     variants += [r.variant for r in hand if r.variant not in variants]
     _check_unique(records)
+    if not records:
+        raise FileNotFoundError(f"{', '.join(str(p) for p in paths)}: no runs to report (the "
+                                "sweep recorded none yet); run the sweep first, or give run "
+                                "folders")
     return Collection(records, variants, baseline, k, names)
 
 
@@ -239,7 +244,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        value = yaml.safe_load(path.read_text())
+        value = load_yaml(path.read_text())  # no duplicate keys, as every reader
     except (OSError, yaml.YAMLError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,24 @@ def _seeds(text: str | None) -> int | list[int]:
     return values[0] if len(values) == 1 and "," not in text else values
 
 
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse ``--workers 0``, ``--k 0``: argparse takes any integer."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} {value}: give a whole number >= 1 (--{name} "
+                             f"{'2' if name == 'workers' else '3'})")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from auxilia.compare.runner import run_sweep
-    from auxilia.compare.spec import load_sweep, quick_sweep
+    from auxilia.compare.spec import load_sweep, quick_sweep, sweep_folder
 
     bad = [item for item in args.items if "=" not in item]
     if bad:
         raise ValueError(f"auxilia compare takes one file, then key=value overrides; got "
                          f"{' '.join(bad)}")
+    _positive(args, "workers", "k")
     options = {k: v for k, v in (("baseline", args.baseline), ("k", args.k)) if v is not None}
     if args.methods is not None:
         config = None if args.target == "-" else args.target
@@ -81,7 +92,15 @@ def _compare(args: argparse.Namespace) -> int:
             import dataclasses
 
             sweep = dataclasses.replace(sweep, **options)
-    outcome = run_sweep(sweep, workers=args.workers)
+    try:
+        outcome = run_sweep(sweep, workers=args.workers)
+    except KeyboardInterrupt as err:
+        print(f"{str(err) or 'SIGINT'} received: sweep {sweep.name!r} stopped "
+              f"({sweep_folder(sweep)}: finished runs are kept, a stopped run resumes from its "
+              "last.pt). Resume with: "
+              + shlex.join(["auxilia", *getattr(args, "argv", ["compare", args.target])]),
+              file=sys.stderr, flush=True)
+        raise
     code = _write([outcome.folder], None, sweep.baseline, sweep.k)
     if outcome.failed:
         for key, error in outcome.failed.items():
@@ -91,6 +110,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    _positive(args, "k")
     return _write(args.paths, Path(args.out) if args.out else None, args.baseline, args.k)
 
 

@@ -12,13 +12,14 @@ from auxilia.compare.collect import Collection, RunRecord
 from auxilia.compare.plots import write_plots
 from auxilia.compare.tables import markdown, runs_csv, variant_figures, variants_csv
 from auxilia.engine.checkpoint import atomic_write
+from auxilia.engine.owned import MARKERS, OwnedFolder
 
-__all__ = ["MARKER", "REPORT_FILES", "describe_setting", "write_report"]
+__all__ = ["MARKER", "REPORT_FILES", "describe_setting", "report_owner", "write_report"]
 
 REPORT_FILES = ("results.md", "results.csv", "runs.csv", "curves.png", "exits.png",
                 "accuracy_vs_time.png", "anytime.png")
 """What a report folder holds (plots with nothing to draw are left out)."""
-MARKER = ".auxilia-report"
+MARKER = MARKERS["report"]
 """Written into every report folder: its report files may be replaced."""
 
 
@@ -37,6 +38,8 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
 
     Raises:
         ValueError: ``baseline`` is not one of the variants.
+        RunFolderError: ``out`` is a folder auxilia did not make as a report folder (and not
+            empty), a run, sweep or pipeline folder, or lies inside a run folder.
     """
     if not collection.variants:
         raise ValueError("no runs to report")
@@ -45,9 +48,9 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
         raise ValueError(f"baseline {baseline!r} is not a variant; variants: "
                          + ", ".join(collection.variants))
     k = k or collection.k or 3
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    folder = report_owner(out)
+    folder.check()
+    folder.create()
     rows = variant_figures(collection, k, baseline)
     texts = {"results.md": markdown(rows, baseline, k, describe_setting(collection, k)),
              "results.csv": variants_csv(rows), "runs.csv": runs_csv(collection, k)}
@@ -61,15 +64,11 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
     return written + write_plots(collection, out)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse a folder auxilia did not make a report in that holds files of a report's names:
-    they would be replaced (or, for a plot with nothing to draw now, removed)."""
-    if (out / MARKER).is_file() or not out.is_dir():
-        return
-    clash = [name for name in REPORT_FILES if (out / name).exists()]
-    if clash:
-        raise FileExistsError(f"{out} holds {', '.join(clash)}, which auxilia did not write; "
-                              "choose another report folder (--out)")
+def report_owner(out: Path) -> OwnedFolder:
+    """A report folder's rules: it carries ``.auxilia-report``; a folder without it is taken
+    only when empty (report files would replace the user's), and never inside a run folder."""
+    return OwnedFolder(out, "report", own_files=None,
+                       hint="choose another report folder (--out), a new or empty one")
 
 
 def describe_setting(collection: Collection, k: int) -> str:

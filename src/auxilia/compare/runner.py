@@ -9,11 +9,13 @@ serves every run of the process that shares it (:class:`DataCache`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -21,14 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auxilia.compare.collect import SWEEP_FILE
 from auxilia.compare.progress import SweepProgress
 from auxilia.compare.spec import PlannedRun, Sweep, plan_sweep, sweep_folder
+from auxilia.compare.sweepfolder import (
+    SweepRecord,
+    check_run_folders,
+    check_same_sweep,
+    sweep_owner,
+)
 from auxilia.config import Config, parse_config
 from auxilia.data.raw import RawData
 from auxilia.data.sources import load_dataset, read_source, source_key
 from auxilia.data.types import DatasetSplits
-from auxilia.engine import state as run_state
+from auxilia.engine.owned import OwnedFolder
+from auxilia.engine.signals import Interrupted, StopFlag
 
 __all__ = ["DataCache", "SweepOutcome", "run_sweep"]
 
@@ -68,6 +76,10 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, display: bool | None 
               on_step: Callable[[str, int], None] | None = None) -> SweepOutcome:
     """Train every run of ``sweep`` that has not finished.
 
+    The sweep folder (see :mod:`auxilia.compare.sweepfolder`) and every run folder the sweep
+    will write are checked before anything is written; the folder is locked for the whole
+    sweep, so a second process running the same sweep is refused naming the first.
+
     Args:
         sweep: the variants, seeds and budget.
         workers: runs at once, each in its own process (default ``sweep.workers``); the CPU's
@@ -76,62 +88,49 @@ def run_sweep(sweep: Sweep, *, workers: int | None = None, display: bool | None 
         on_step: called as ``on_step(run_key, step)`` after every step (sequential runs only).
 
     Raises:
-        SweepError: a problem :func:`plan_sweep` finds; nothing has trained then.
-        KeyboardInterrupt: Ctrl-C or SIGTERM, once the current runs wrote their ``last.pt``;
-            running the sweep again continues.
+        SweepError: a problem :func:`plan_sweep` finds, or a folder the sweep may not write;
+            nothing has trained then.
+        RunLockedError: another process is running this sweep.
+        Interrupted: SIGINT or SIGTERM at any moment (a ``KeyboardInterrupt``): the running
+            runs wrote their ``last.pt``, the workers have ended and ``sweep.json`` says
+            ``interrupted``; running the sweep again continues.
     """
-    plans = plan_sweep(sweep)
     folder = sweep_folder(sweep)
-    folder.mkdir(parents=True, exist_ok=True)
-    record = SweepRecord(folder, sweep, plans)
-    todo = [i for i, p in enumerate(plans) if p.status != "skipped"]
-    workers = max(1, min(workers or sweep.workers, len(todo) or 1))
-    progress = SweepProgress(sweep.name, [p.key for p in plans], [p.variant.label for p in plans],
-                             todo=todo, workers=workers,
-                             live=sys.stdout.isatty() if display is None else display)
-    record.write()
-    try:
-        with progress:
-            if workers == 1:
-                _sequential(plans, todo, record, progress, on_step)
-            else:
-                _parallel(plans, todo, record, progress, workers)
-    finally:
+    owner = sweep_owner(folder)
+    check_run_folders(_checked_plan(sweep, owner))  # read-only: fail before any write
+    with StopFlag() as stop, owner.lock():
+        plans = _checked_plan(sweep, owner)  # again, now that no other process can change it
+        check_run_folders(plans)
+        owner.create()
+        record = SweepRecord(folder, sweep, plans)
+        todo = [i for i, p in enumerate(plans) if p.status != "skipped"]
+        workers = max(1, min(workers or sweep.workers, len(todo) or 1))
+        progress = SweepProgress(sweep.name, [p.key for p in plans],
+                                 [p.variant.label for p in plans], todo=todo, workers=workers,
+                                 live=sys.stdout.isatty() if display is None else display)
         record.write()
+        try:
+            with progress:
+                if workers == 1:
+                    _sequential(plans, todo, record, progress, on_step, stop)
+                else:
+                    _parallel(plans, todo, record, progress, workers, stop)
+            stop.check()  # a signal while the last run wrote its summary stops the sweep too
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", None) or stop.signum or signal.SIGINT
+            record.end(signum)
+            raise Interrupted(signum) from None
+        record.end()
     return SweepOutcome(folder, [plans[i].key for i in todo if record.status[i] == "finished"],
                         {plans[i].key: record.error[i] for i in todo
                          if record.status[i] == "failed"},
                         [p.key for p in plans if p.status == "skipped"])
 
 
-class SweepRecord:
-    """``sweep.json``: the variants in order, the baseline, k, and each run's status."""
-
-    def __init__(self, folder: Path, sweep: Sweep, plans: Sequence[PlannedRun]) -> None:
-        self.path = folder / SWEEP_FILE
-        self.sweep, self.plans = sweep, plans
-        self.status = ["finished" if p.status == "skipped" else "pending" for p in plans]
-        self.error = [""] * len(plans)
-
-    def set(self, index: int, status: str, error: str = "") -> None:
-        self.status[index], self.error[index] = status, error
-        self.write()
-
-    def write(self) -> None:
-        sweep = self.sweep
-        variants = {}
-        for v in sweep.variants:
-            variants[v.label] = {"folder": v.folder, "method": v.method,
-                                 "overrides": list(v.overrides)}
-        base = sweep.base if sweep.base is None or isinstance(sweep.base, str | Path) else "config"
-        run_state.write_json(self.path, {
-            "name": sweep.name, "base": None if base is None else str(base),
-            "overrides": list(sweep.overrides), "budget": sweep.budget,
-            "seeds": list(sweep.seeds), "baseline": sweep.baseline_label, "k": sweep.k,
-            "variants": list(variants), "definitions": variants,
-            "runs": [{"folder": p.key, "variant": p.variant.label, "seed": p.seed,
-                      "status": s, **({"error": e} if e else {})}
-                     for p, s, e in zip(self.plans, self.status, self.error, strict=True)]})
+def _checked_plan(sweep: Sweep, owner: OwnedFolder) -> list[PlannedRun]:
+    owner.check()
+    check_same_sweep(owner.path, sweep)
+    return plan_sweep(sweep)
 
 
 def _total_steps(config: Config, data: DatasetSplits) -> int:
@@ -140,12 +139,13 @@ def _total_steps(config: Config, data: DatasetSplits) -> int:
     return config.train.steps or max(1, round(float(config.train.epochs or 1) * per_epoch))
 
 
-def _train_one(config: Config, status: str, has_best: bool, cache: DataCache,
+def _train_one(config: Config, status: str, has_best: bool, cache: DataCache, stop: StopFlag,
                started: Callable[[int], None], step: Callable[[int], None]) -> dict[str, Any]:
     """Train or resume one run; returns its summary."""
     from auxilia.engine.run import train  # here: keeps a worker's import of this module light
 
     data = cache.get(config)
+    stop.check()  # a signal while the data was read: the run is not started
     started(_total_steps(config, data))
     result = train(config, resume=status == "resumed",
                    # a folder without any checkpoint is what a run that failed early leaves
@@ -155,9 +155,11 @@ def _train_one(config: Config, status: str, has_best: bool, cache: DataCache,
 
 
 def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRecord,
-                progress: SweepProgress, on_step: Callable[[str, int], None] | None) -> None:
+                progress: SweepProgress, on_step: Callable[[str, int], None] | None,
+                stop: StopFlag) -> None:
     cache = DataCache()
     for i in todo:
+        stop.check()  # a signal between two runs (or as the last one ended) ends the sweep
         plan = plans[i]
         record.set(i, "running")
 
@@ -167,10 +169,10 @@ def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepR
                 on_step(key, s)
 
         try:
-            _train_one(plan.config, plan.status, plan.folder.best.is_file(), cache,
+            _train_one(plan.config, plan.status, plan.folder.best.is_file(), cache, stop,
                        lambda total, i=i: progress.start(i, total), step)
         except KeyboardInterrupt:
-            record.set(i, "interrupted")
+            record.set(i, "interrupted" if plan.folder.last.is_file() else "pending")
             progress.message(f"stopped in {plan.key}; run the sweep again to continue (finished "
                              "runs are skipped, this one resumes from its last.pt)")
             raise
@@ -186,7 +188,9 @@ def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepR
 
 
 def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRecord,
-              progress: SweepProgress, workers: int) -> None:
+              progress: SweepProgress, workers: int, stop: StopFlag) -> None:
+    """Runs in worker processes. A stop request reaches every worker as the same signal: each
+    running run writes its ``last.pt`` and every worker ends before this returns."""
     ctx = mp.get_context("spawn")  # fork would copy the parent's threads and torch state
     tasks: Any = ctx.Queue()
     events: Any = ctx.Queue()
@@ -196,34 +200,45 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
     for _ in range(workers):
         tasks.put(None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker, args=(tasks, events, threads), daemon=False)
-             for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(tasks, events, threads, os.getpid()),
+                         daemon=False) for _ in range(workers)]
     for p in procs:
         p.start()
     pending = set(todo)
     try:
         while pending:
+            stop.check()
             try:
                 kind, i, payload = events.get(timeout=0.5)
             except queue.Empty:
                 if not any(p.is_alive() for p in procs):
+                    _last_words(events, record, progress, pending)  # sent just before the end
                     for j in sorted(pending):  # a worker died without a word (killed, OOM)
                         record.set(j, "failed", "the worker process ended without a result")
                     break
                 progress.refresh()
                 continue
             _event(kind, i, payload, record, progress, pending)
-    except KeyboardInterrupt:
-        progress.message("stopping: each running run writes its last.pt; run the sweep again "
-                         "to continue")
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", None) or stop.signum or signal.SIGINT
+        progress.message(f"{signal.Signals(signum).name} received: each running run writes its "
+                         "last.pt; run the sweep again to continue")
+        _signal(procs, signum)
         _drain(events, procs, record, progress, pending)
-        raise
+        raise Interrupted(signum) from None
     finally:
         for p in procs:
             p.join(timeout=60)
+            if p.is_alive():  # never leave a worker behind to train on its own
+                p.kill()
+                p.join()
+
+
+def _signal(procs: Sequence[Any], signum: int) -> None:
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(p.pid, signum)
 
 
 def _event(kind: str, i: int, payload: Any, record: SweepRecord, progress: SweepProgress,
@@ -242,22 +257,38 @@ def _event(kind: str, i: int, payload: Any, record: SweepRecord, progress: Sweep
 
 def _drain(events: Any, procs: Sequence[Any], record: SweepRecord, progress: SweepProgress,
            pending: set[int]) -> None:
-    """Collect the workers' last words after Ctrl-C, while they write their checkpoints."""
+    """Collect the workers' last words after a stop request, while they write their
+    checkpoints; a second signal kills them at once."""
     deadline = time.monotonic() + 120
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         try:
             _event(*events.get(timeout=0.5), record, progress, pending)
         except queue.Empty:
             continue
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        except KeyboardInterrupt:  # a second signal: abort
+            for p in procs:
+                p.kill()
             break
+    _last_words(events, record, progress, pending)
     for i in pending:
         if record.status[i] == "running":
             record.set(i, "interrupted")
 
 
-def _worker(tasks: Any, events: Any, threads: int) -> None:
-    """A worker process: train runs from ``tasks`` until a None, reporting on ``events``."""
+def _last_words(events: Any, record: SweepRecord, progress: SweepProgress,
+                pending: set[int]) -> None:
+    """The events workers sent just before they ended (still in the pipe)."""
+    while True:
+        try:
+            _event(*events.get(timeout=0.2), record, progress, pending)
+        except (queue.Empty, OSError, ValueError):
+            break
+
+
+def _worker(tasks: Any, events: Any, threads: int, parent: int) -> None:
+    """A worker process: train runs from ``tasks`` until a None or a stop request, reporting
+    on ``events``. It stops like the parent on SIGINT/SIGTERM, and by itself (writing its
+    run's ``last.pt``) when the parent dies without a word (``kill -9``)."""
     import torch
 
     if hasattr(os, "setpgrp"):
@@ -265,23 +296,37 @@ def _worker(tasks: Any, events: Any, threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = DataCache()
-    while (task := tasks.get()) is not None:
-        i, raw, status, has_best = task
-        last = [0.0]
+    with StopFlag() as stop:
+        _watch_parent(parent, events)
+        while not stop.requested and (task := tasks.get()) is not None and not stop.requested:
+            i, raw, status, has_best = task
+            last = [0.0]
 
-        def step(s: int, i: int = i, last: list[float] = last) -> None:
-            now = time.monotonic()
-            if now - last[0] > 0.5:
-                last[0] = now
-                events.put(("step", i, s))
+            def step(s: int, i: int = i, last: list[float] = last) -> None:
+                now = time.monotonic()
+                if now - last[0] > 0.5:
+                    last[0] = now
+                    events.put(("step", i, s))
 
-        try:
-            _train_one(parse_config(raw), status, has_best, cache,
-                       lambda total, i=i: events.put(("start", i, total)), step)
-        except KeyboardInterrupt:
-            events.put(("interrupted", i, None))
-            return
-        except Exception as err:  # reported to the parent; the sweep goes on
-            events.put(("failed", i, f"{type(err).__name__}: {err}"))
-            continue
-        events.put(("finished", i, None))
+            try:
+                _train_one(parse_config(raw), status, has_best, cache, stop,
+                           lambda total, i=i: events.put(("start", i, total)), step)
+            except KeyboardInterrupt:
+                events.put(("interrupted", i, None))
+                return
+            except Exception as err:  # reported to the parent; the sweep goes on
+                events.put(("failed", i, f"{type(err).__name__}: {err}"))
+                continue
+            events.put(("finished", i, None))
+
+
+def _watch_parent(parent: int, events: Any) -> None:
+    """Send this process SIGTERM once its parent is gone (it is then re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        events.cancel_join_thread()  # never hang at exit on words nobody will read
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="auxilia-parent-watch", daemon=True).start()

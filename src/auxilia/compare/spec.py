@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
 from auxilia.config import read_yaml as _read_yaml
 from auxilia.config_errors import describe
-from auxilia.engine.rounds import Status, config_differences, folder_status
 from auxilia.engine.runfolder import RunFolder
+from auxilia.engine.runstatus import Status, config_differences, folder_status
 from auxilia.paths import regular_file
+from auxilia.yamlio import load_value
 
 __all__ = ["PlannedRun", "Sweep", "SweepError", "Variant", "load_sweep", "plan_sweep",
            "quick_sweep", "split_methods", "sweep_folder"]
@@ -144,6 +144,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     """
     path = regular_file(path, "sweep file", SweepError)
     raw = _read_yaml(path)
+    if "variants" not in raw and set(raw) & set(Config.model_fields):
+        raise SweepError(f"{path} is a training config, not a sweep file: compare methods on "
+                         f"it with auxilia compare {path} --methods a,b,[c,d] --seeds 3, or "
+                         "write a sweep file (name, base, variants) that names it as base")
     try:
         spec = _SweepFile.model_validate(raw)
     except ValidationError as err:
@@ -169,7 +173,8 @@ def quick_sweep(config: str | Path | None, methods: str, seeds: int | Sequence[i
     item is a combination (``[cds,mean_teacher]``). ``options`` are :class:`Sweep` fields.
     """
     items = split_methods(methods)
-    variants = tuple(Variant(item, "", yaml.safe_load(item)) for item in items)
+    variants = tuple(Variant(item, "", load_value(item, f"--methods item {item!r}", SweepError))
+                     for item in items)
     stem = Path(config).stem if config else "defaults"
     return _checked(Sweep(name or f"compare-{stem}", config, variants, _seeds(seeds),
                           tuple(overrides), **options))

@@ -65,7 +65,8 @@ class DataConfig(Strict):
         description="your own unlabeled images: a folder (every image file under it) or a "
                     ".csv with a filename column (relative to the CSV's folder); a relative "
                     "path is relative to data.root when that is set. Added to the unlabeled "
-                    "split; images identical to a val/test image are dropped from it")
+                    "split; files of the labeled data (data.root, a split or class folder) "
+                    "are refused, and images identical to a val/test image dropped")
     train_subset: int | None = Field(
         default=None, ge=1,
         description="keep this many training samples (stratified), for quick runs")

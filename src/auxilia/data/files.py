@@ -30,7 +30,8 @@ from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.types import Split
 
-__all__ = ["IMAGE_EXTENSIONS", "DecodedFiles", "content_key", "decode_files", "decode_images"]
+__all__ = ["IMAGE_EXTENSIONS", "DecodedFiles", "NoReadableImage", "content_key", "decode_files",
+           "decode_images"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm"})
@@ -153,6 +154,15 @@ def _stack(results: list[Decoded], paths: list[str]) -> torch.Tensor:
     return (t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2)).contiguous()
 
 
+class NoReadableImage(DataError):
+    """Not one of the image files could be decoded; ``bad`` lists ``(path, why)`` of each, so
+    that a caller can name the setting the files came from."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.bad = bad
+
+
 @dataclass
 class DecodedFiles:
     """Image files decoded by :func:`decode_files`.
@@ -191,7 +201,7 @@ def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
 
     Raises:
         DataError: an undecodable file with ``on_bad_image="fail"``; sizes that differ without
-            ``image_size``.
+            ``image_size``; :class:`NoReadableImage` (with ``bad``) when no file decodes.
     """
     str_paths = [str(p) for p in paths]
     if cfg.size is not None:
@@ -207,15 +217,18 @@ def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
     if bad and cfg.on_bad_image == "fail":
         listing = "; ".join(f"{p} ({e})" for p, e in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"cannot decode {len(bad)} image file(s): {listing}{more}. Fix or remove "
-                        "them, or set data.on_bad_image=skip to drop them")
+        message = (f"cannot decode {len(bad)} image file(s): {listing}{more}. Fix or remove "
+                   "them, or set data.on_bad_image=skip to drop them")
+        if len(bad) == len(str_paths):
+            raise NoReadableImage(message, bad)
+        raise DataError(message)
     if bad:
         names = ", ".join(p for p, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
         notes.append(f"skipped {len(bad)} undecodable images: {names}")
         warnings.warn(notes[-1], stacklevel=3)
     kept = torch.tensor([not e for e in errors], dtype=torch.bool)
     if not bool(kept.any()):
-        raise DataError(f"none of the {len(str_paths)} image files could be decoded")
+        raise NoReadableImage(f"none of the {len(str_paths)} image files could be decoded", bad)
     keys = torch.tensor([k for r in results for k in r[2]], dtype=torch.int64)
     sizes = torch.tensor([n for r in results for n in r[3]], dtype=torch.int64)
     return DecodedFiles(_stack(results, str_paths), kept, keys, sizes, notes)
@@ -252,4 +265,5 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
         raise DataError(f"class(es) {empty} have no decodable training image (every file was "
                         "skipped as undecodable); fix the files or remove the class")
     return RawData(splits["train"], classes, "natural", val=splits.get("val"),
-                   test=splits.get("test"), notes=decoded.notes)
+                   test=splits.get("test"), notes=decoded.notes,
+                   files={name: [str(p) for p in paths] for name, (paths, _) in groups.items()})

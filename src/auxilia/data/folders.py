@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 from auxilia.data.config import DataConfig
@@ -18,7 +19,7 @@ from auxilia.data.raw import DataError, RawData
 from auxilia.paths import decode_text, regular_file
 
 __all__ = ["SPLIT_NAMES", "image_files", "load_csv", "load_folder", "read_text_file",
-           "resolve_path"]
+           "resolve_path", "split_of"]
 
 SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("train", "training"),
@@ -52,16 +53,31 @@ def _subfolders(folder: Path, skip: str | None = None) -> list[Path]:
                   and d.name != skip)
 
 
+def split_of(name: str) -> str | None:
+    """The split a folder name means (:data:`SPLIT_NAMES`, any case), or None."""
+    return next((s for s, names in SPLIT_NAMES.items() if name.lower() in names), None)
+
+
 def _unlabeled_inside(root: Path, cfg: DataConfig) -> str | None:
-    """The name of the ``data.unlabeled`` folder when it lies directly in ``root`` (it is then
-    not a class or split folder), else None."""
+    """The name of the folder of ``root`` that ``data.unlabeled`` is, when ``root`` holds split
+    folders and it is none of them: it then lies beside them and is no part of the layout.
+
+    Otherwise None, so that a split folder, or a class folder of a root of class folders,
+    named in ``data.unlabeled`` is read as what it is, and refused as unlabeled data
+    (:mod:`auxilia.data.unlabeled_paths`) instead of silently leaving the layout. The folder
+    is found by identity (``os.path.samefile``), so any spelling of its path matches.
+    """
     if cfg.unlabeled is None:
         return None
     path = resolve_path(cfg, cfg.unlabeled)
     try:
-        return path.name if path.parent.resolve() == root.resolve() else None
+        dirs = _subfolders(root)
+        same = next((d for d in dirs if path.is_dir() and os.path.samefile(d, path)), None)
     except OSError:
         return None
+    if same is None or split_of(same.name) or not any(split_of(d.name) for d in dirs):
+        return None
+    return same.name
 
 
 def _split_folders(root: Path, skip: str | None = None) -> dict[str, Path]:
@@ -76,7 +92,7 @@ def _split_folders(root: Path, skip: str | None = None) -> dict[str, Path]:
     found: dict[str, list[Path]] = {}
     dirs = _subfolders(root, skip)
     for d in dirs:
-        split = next((s for s, names in SPLIT_NAMES.items() if d.name.lower() in names), None)
+        split = split_of(d.name)
         if split is not None:
             found.setdefault(split, []).append(d)
     names = ", ".join(f"{d.name}/" for d in dirs)

@@ -35,3 +35,7 @@ class RawData:
     notes: list[str] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
     """Where each split came from (``"folder train/"``, ``"carved from train (...)"``)."""
+    files: dict[str, list[str]] = field(default_factory=dict)
+    """The image files each split was read from, as listed (undecodable ones too), for the
+    image-file sources; empty for the others. ``data.unlabeled`` is checked against them
+    (:mod:`auxilia.data.unlabeled_paths`)."""

@@ -285,7 +285,7 @@ def read_source(cfg: DataConfig) -> RawData:
                            "check data.root (it should hold one folder per class)"))
     extra = None
     if cfg.unlabeled is not None:
-        extra, notes = read_unlabeled(cfg, raw.train, array_source=raw.train.keys is None)
+        extra, notes = read_unlabeled(cfg, raw.train, raw.train.keys is None, labeled=raw.files)
         raw.notes += notes
         before = f"{raw.origins['unlabeled']} + " if "unlabeled" in raw.origins else ""
         raw.origins["unlabeled"] = f"{before}data.unlabeled {cfg.unlabeled}"

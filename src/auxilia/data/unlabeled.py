@@ -2,10 +2,12 @@
 
 :func:`read_unlabeled` reads ``data.unlabeled`` (a folder of image files, or a CSV of file
 names) with the folder source's decoding (:func:`auxilia.data.files.decode_files`), checked
-against the labeled source's channels and size. :func:`hide_labels` applies
-``labels_per_class`` / ``labels_fraction`` / ``unlabeled_includes_labeled`` to the training
-split, joins the unlabeled images read with the source and keeps val and test images out of
-the result (:func:`auxilia.data.hygiene.clean_unlabeled`).
+against the labeled source's channels and size; files of the labeled data (a split or class
+folder, data.root) are refused before that (:mod:`auxilia.data.unlabeled_paths`).
+:func:`hide_labels` applies ``labels_per_class`` / ``labels_fraction`` /
+``unlabeled_includes_labeled`` to the training split, joins the unlabeled images read with the
+source and keeps val and test images out of the result
+(:func:`auxilia.data.hygiene.clean_unlabeled`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import numpy as np
 import torch
 
 from auxilia.data.config import DataConfig
-from auxilia.data.files import IMAGE_EXTENSIONS, decode_files
+from auxilia.data.files import IMAGE_EXTENSIONS, DecodedFiles, NoReadableImage, decode_files
 from auxilia.data.folders import image_files, read_text_file, resolve_path
 from auxilia.data.hygiene import array_keys, clean_unlabeled, note_labeled_copies
 from auxilia.data.raw import DataError
 from auxilia.data.splits import SplitError, labeled_fraction, labeled_unlabeled
 from auxilia.data.types import Split
+from auxilia.data.unlabeled_paths import check_unlabeled_paths
 
 __all__ = ["FILENAME_COLUMN", "PATH_RULE", "check_label_settings", "hide_labels",
            "read_unlabeled"]
@@ -132,12 +135,28 @@ def _check_shape(images: torch.Tensor, like: Split, cfg: DataConfig, where: str)
                         f"data.image_size={max(lh, lw)}) to resize every image to one size")
 
 
-def read_unlabeled(cfg: DataConfig, like: Split, array_source: bool) -> tuple[Split, list[str]]:
+def _decode(files: list[Path], cfg: DataConfig, path: Path) -> DecodedFiles:
+    """:func:`decode_files`, naming ``data.unlabeled`` when not one file can be read."""
+    try:
+        return decode_files(files, cfg)
+    except NoReadableImage as err:
+        shown = f"{cfg.unlabeled}" + ("" if str(path) == cfg.unlabeled else f" ({path})")
+        listing = "; ".join(f"{p} ({why})" for p, why in err.bad[:3])
+        more = f"; and {len(err.bad) - 3} more" if len(err.bad) > 3 else ""
+        raise DataError(f"data.unlabeled={shown}: no readable image ({len(files)} files, all "
+                        f"undecodable: {listing}{more}); put image files in it, or unset "
+                        "data.unlabeled") from None
+
+
+def read_unlabeled(cfg: DataConfig, like: Split, array_source: bool,
+                   labeled: dict[str, list[str]] | None = None) -> tuple[Split, list[str]]:
     """Reads ``data.unlabeled`` into an unlabeled split (labels ``-1``).
 
-    Files are decoded as the folder source decodes them (``grayscale``, ``image_size``,
-    ``on_bad_image``, ``num_workers``) and must match the labeled images' channels and size.
-    Samples are named by their path relative to the folder's (or the CSV's) parent folder.
+    Its files must not be files of the labeled source (checked by identity before decoding:
+    :mod:`auxilia.data.unlabeled_paths`). Files are decoded as the folder source decodes them
+    (``grayscale``, ``image_size``, ``on_bad_image``, ``num_workers``) and must match the
+    labeled images' channels and size. Samples are named by their path relative to the
+    folder's (or the CSV's) parent folder.
 
     Args:
         cfg: the data section; ``cfg.unlabeled`` is set.
@@ -145,20 +164,23 @@ def read_unlabeled(cfg: DataConfig, like: Split, array_source: bool) -> tuple[Sp
         array_source: whether the source is an in-memory array (keyed by pixels): the files
             are then keyed by their pixels too, so that copies of its images are recognised;
             otherwise by their bytes, as the labeled files are.
+        labeled: the labeled source's files by split (:attr:`auxilia.data.raw.RawData.files`).
 
     Returns:
         ``(split, notes)``.
 
     Raises:
-        DataError: a missing or empty folder, a CSV without a ``filename`` column,
-            undecodable files (``on_bad_image=fail``), images of another shape.
+        DataError: a missing or empty folder, a CSV without a ``filename`` column, files of
+            the labeled data, undecodable files (``on_bad_image=fail``; not one readable image
+            whatever the setting), images of another shape.
     """
     assert cfg.unlabeled is not None
     path = resolve_path(cfg, cfg.unlabeled)
     files, anchor, notes = _unlabeled_files(path, cfg.unlabeled)
+    check_unlabeled_paths(cfg, path, files, labeled or {})
     size = _decode_size(cfg, like, array_source)
-    decoded = decode_files(files, cfg if size == cfg.size else cfg.model_copy(
-        update={"image_size": size}))
+    decoded = _decode(files, cfg if size == cfg.size else cfg.model_copy(
+        update={"image_size": size}), path)
     kept = torch.nonzero(decoded.kept).flatten()
     _check_shape(decoded.images, like, cfg, f"{path} (e.g. {files[int(kept[0])]})")
     keys = array_keys(decoded.images) if array_source else decoded.keys[kept]

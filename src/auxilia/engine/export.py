@@ -8,12 +8,14 @@ its input and names the classes, so the file is usable without auxilia.
 
 ONNX goes through the TorchScript-based exporter (``dynamo=False``): the ``torch.export``-based
 one needs the ``onnxscript`` package, which the offline install lacks; the legacy exporter needs
-nothing beyond torch and writes a graph with a dynamic batch axis.
+only the ``onnx`` package (a main dependency) and writes a graph with a dynamic batch axis.
 
 Every file is written to a temporary sibling and renamed (:func:`atomic_write`), so a failed
 export leaves the previous files as they were. Everything is checked before anything is written:
-the format, the file name (its suffix must be the format's, so the model and its ``.json``
-sidecar never share a name), files in the way, and that the checkpoint loads.
+the format and its package, the file name (its suffix must be the format's, so the model and
+its ``.json`` sidecar never share a name), the place (no device, FIFO or socket, nothing in
+``/dev``, ``/proc`` or ``/sys``: :mod:`auxilia.engine.export_checks`), files in the way, and
+that the checkpoint loads.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 from auxilia import jsonio
 from auxilia.data.config import RESIZE_METHOD
 from auxilia.engine.checkpoint import atomic_write, atomic_write_path
+from auxilia.engine.export_checks import check_out, check_packages
 from auxilia.engine.reload import load_run, resolve_checkpoint
 from auxilia.engine.setup import Setup
 
@@ -90,11 +93,14 @@ def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> 
     one without a suffix gets the format's suffix appended; another suffix is refused.
 
     Raises:
-        ExportError: unknown format, or ``out`` ends in a suffix other than the format's.
+        ExportError: unknown format, ``out`` ends in a suffix other than the format's, or it
+            (or the file derived from it) is a device, FIFO or socket or lies in ``/dev``,
+            ``/proc`` or ``/sys``.
     """
     suffix = _suffix(fmt)
     if out is None:
-        return default_export_path(path, fmt)
+        return _checked(default_export_path(path, fmt), out)
+    check_out(out, out, ExportError)  # before a suffix turns /dev/full into /dev/full.pt
     target = Path(out)
     if str(out).endswith(("/", os.sep)) or target.is_dir():
         target = target / f"model{suffix}"
@@ -105,6 +111,13 @@ def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> 
                           f"{target.suffix} (the description beside it is the .json); use e.g. "
                           f"--out {target.with_suffix(suffix)}")
     _refuse_run_files(target)
+    return _checked(target, out)
+
+
+def _checked(target: Path, out: str | Path | None) -> Path:
+    """``target`` once neither it nor its sidecar is a special file (a FIFO would block)."""
+    for file in (target, target.with_suffix(".json")):
+        check_out(file, out, ExportError)
     return target
 
 
@@ -137,14 +150,16 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
             match the run's).
 
     Raises:
-        ExportError: unknown format, wrong suffix, a file in the way and ``overwrite`` false;
-            nothing is written then.
+        ExportError: unknown format, wrong suffix, a special file or system path as ``out``,
+            a file in the way and ``overwrite`` false; nothing is written then.
+        ImportError: the format's package is missing, naming the install command.
         CheckpointError: the checkpoint does not load; nothing is written then.
         OSError: a write failed; the message names the file, which is unchanged.
     """
     target = export_target(path, fmt, out)
     sidecar = target.with_suffix(".json")
     _check_target(target, overwrite)
+    check_packages(fmt)  # a missing onnx names its install command before any work
     setup, checkpoint = load_run(path, which, device="cpu", data_root=data_root)
     card = model_card(setup, checkpoint, resolve_checkpoint(path, which))
     _check_sidecar(sidecar, card, overwrite)

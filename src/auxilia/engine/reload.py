@@ -15,17 +15,30 @@ from auxilia.engine.setup import Setup, build_setup
 from auxilia.paths import regular_file
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint file, or ``<run>/checkpoints/{best,last}.pt`` for a run folder."""
+def resolve_checkpoint(path: str | Path, which: str = "best",
+                       advice: str = "use --checkpoint {which} for {path}") -> Path:
+    """A checkpoint file, or ``<run>/checkpoints/{best,last}.pt`` for a run folder.
+
+    Args:
+        path: a run folder or a checkpoint file.
+        which: ``"best"`` or ``"last"`` for a run folder.
+        advice: the fix when only the other checkpoint exists, in the caller's terms (a flag
+            of ``eval``/``export``, a config key of a teacher); ``{which}`` and ``{path}`` name
+            the other checkpoint.
+
+    Raises:
+        CheckpointError: no such checkpoint, naming the other one when it exists.
+    """
     p = Path(path)
     if p.is_dir():
         candidate = p / "checkpoints" / f"{which}.pt"
         other = p / "checkpoints" / ("last.pt" if which == "best" else "best.pt")
         if not candidate.exists() and other.exists():
             why = ("no evaluation selected a best checkpoint (e.g. the validation loss was "
-                   "never finite)" if which == "best" else "last.pt is missing")
-            raise CheckpointError(f"{p} has no checkpoints/{which}.pt: {why}; use "
-                                  f"--checkpoint {other.stem} for {other}")
+                   "never finite, or the run stopped before its first evaluation)"
+                   if which == "best" else "last.pt is missing")
+            raise CheckpointError(f"{p} has no checkpoints/{which}.pt: {why}; "
+                                  + advice.format(which=other.stem, path=other))
         if not candidate.exists():
             raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
                                   "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")

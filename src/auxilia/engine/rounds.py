@@ -14,48 +14,44 @@ every round's config and every existing folder is checked before anything trains
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
-import math
-import re
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
+from auxilia.config import Config, ConfigError, apply_override, parse_config
 from auxilia.config import read_yaml as _read_yaml
 from auxilia.config_errors import describe, suggest
-from auxilia.engine import state as run_state
-from auxilia.engine.auto import resolve_for
 from auxilia.engine.loop import Callback
+from auxilia.engine.owned import OwnedFolder
+from auxilia.engine.pipefolder import PipelineRecord, check_round_folder, pipeline_owner
+from auxilia.engine.round_refs import RoundsError, check_names, expand
 from auxilia.engine.run import RunResult, train
 from auxilia.engine.runfolder import RunFolder
-from auxilia.engine.setup import pick_device
+from auxilia.engine.runstatus import (
+    Status,
+    config_differences,
+    folder_status,
+    read_summary,
+)
+from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.paths import regular_file
 
-__all__ = ["Pipeline", "PlannedRound", "Round", "RoundResult", "RoundsError",
+__all__ = ["Pipeline", "PlannedRound", "Round", "RoundFailedError", "RoundResult", "RoundsError",
            "config_differences", "folder_status", "load_pipeline", "plan_pipeline",
            "read_summary", "run_pipeline"]
 
-Status = Literal["trained", "resumed", "skipped"]
 _DOING = {"trained": "training in", "resumed": "resuming", "skipped": "finished, skipping"}
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-"""A round's name: also what ``{name}`` may hold, so that a YAML flow mapping such as
-``{s1: 0.3}`` in an override's value is never taken for a reference."""
-REFERENCE = re.compile(r"\{(" + NAME.pattern + r")\}")
-
-
-UNRESOLVED = ("auto", "native")
-"""Config values the run folder records resolved (against the data)."""
-
-
-class RoundsError(ConfigError):
-    """A pipeline problem found before training: the message names the round and the fix."""
+class RoundFailedError(RuntimeError):
+    """A round failed while training; the message names the pipeline, the round and its
+    folder, and the round's own error is the ``__cause__``."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +156,7 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         base = base if base.is_absolute() else path.parent / base
     rounds = tuple(Round(r.name, (*r.overrides, *overrides)) for r in spec.rounds)
     pipeline = Pipeline(spec.name, base, rounds, tuple(spec.overrides))
-    _check_names(pipeline)
+    check_names(pipeline.name, [r.name for r in pipeline.rounds])
     return pipeline
 
 
@@ -190,14 +186,14 @@ def plan_pipeline(pipeline: Pipeline) -> list[PlannedRound]:
     Raises:
         RoundsError: naming the round and the fix.
     """
-    _check_names(pipeline)
+    check_names(pipeline.name, [r.name for r in pipeline.rounds])
     base = pipeline.base
     raw = {} if base is None else base.to_dict() if isinstance(base, Config) else _read_yaml(base)
     names = [r.name for r in pipeline.rounds]
     folders: dict[str, Path] = {}
     plans: list[PlannedRound] = []
     for rnd in pipeline.rounds:
-        items, uses = _expand(rnd, (*pipeline.overrides, *rnd.overrides), folders, names)
+        items, uses = expand(rnd.name, (*pipeline.overrides, *rnd.overrides), folders, names)
         config = _round_config(pipeline.name, rnd, raw, items)
         folder = RunFolder(Path(config.run.dir) / config.run_name())
         folders[rnd.name] = folder.path
@@ -205,65 +201,6 @@ def plan_pipeline(pipeline: Pipeline) -> list[PlannedRound]:
     for plan in plans:
         _check_existing(plan, {p.round.name: p for p in plans})
     return plans
-
-
-def _check_names(pipeline: Pipeline) -> None:
-    _plain(pipeline.name, "pipeline name")
-    if not pipeline.rounds:
-        raise RoundsError(f"pipeline {pipeline.name!r} has no rounds; list at least one")
-    seen: set[str] = set()
-    for rnd in pipeline.rounds:
-        _plain(rnd.name, "round name")
-        if not NAME.fullmatch(rnd.name):
-            raise RoundsError(f"round name {rnd.name!r}: use letters, digits and . _ + - only "
-                              "(starting with a letter or digit), so that {name} refers to it")
-        if rnd.name in seen:
-            raise RoundsError(f"round name {rnd.name!r} is used twice; round names are their "
-                              "run folders' names and must differ")
-        seen.add(rnd.name)
-
-
-def _plain(name: str, what: str) -> None:
-    try:
-        check_run_name(name)
-    except ValueError as err:
-        raise RoundsError(str(err).replace("run.name", what, 1)) from None
-
-
-def _expand(rnd: Round, items: Sequence[str], folders: Mapping[str, Path],
-            names: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
-    """``items`` with every ``{round}`` in a value replaced by that round's folder."""
-    uses: list[str] = []
-
-    def folder_of(match: re.Match[str], item: str) -> str:
-        ref = match.group(1)
-        if ref not in folders:
-            raise RoundsError(_bad_reference(rnd.name, ref, item, list(folders), names))
-        uses.append(ref)
-        return str(folders[ref])
-
-    expanded = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if key.strip() == "run.name":
-            raise RoundsError(f"round {rnd.name!r}: {item!r}: the round's name is its run.name; "
-                              "drop the override (run.dir places the pipeline's folder)")
-        value = REFERENCE.sub(lambda m, item=item: folder_of(m, item), value)
-        expanded.append(key + sep + value)
-    return expanded, tuple(dict.fromkeys(uses))
-
-
-def _bad_reference(name: str, ref: str, item: str, earlier: list[str],
-                   names: Sequence[str]) -> str:
-    if ref == name:
-        why = "is this round itself"
-    elif ref in names:
-        why = "comes later"
-    else:
-        why = "is not a round of this pipeline"
-    valid = ", ".join(earlier) if earlier else "none, it is the first round"
-    return (f"round {name!r}: {{{ref}}} in {item!r} {why}; a round can refer only to the rounds "
-            f"before it ({valid}); rounds in order: {', '.join(names)}")
 
 
 def _round_config(pipeline: str, rnd: Round, base: dict[str, Any], items: list[str]) -> Config:
@@ -281,34 +218,6 @@ def _round_config(pipeline: str, rnd: Round, base: dict[str, Any], items: list[s
 
 
 # --------------------------------------------------------------------------- folders
-
-
-def folder_status(config: Config, folder: RunFolder) -> Status:
-    """``skipped`` (a finished run), ``resumed`` (a ``last.pt``) or ``trained``."""
-    if _finished(config, folder):
-        return "skipped"
-    return "resumed" if folder.last.is_file() else "trained"
-
-
-def _finished(config: Config, folder: RunFolder) -> bool:
-    """Whether ``folder`` holds a summary (written after the last step) of all the steps."""
-    summary = read_summary(folder)
-    try:
-        n_train = summary["splits"]["train"]["count"]
-        # the loop's step count: train.steps, or epochs of full batches (drop_last)
-        per_epoch = n_train // min(config.data.batch_size, n_train)
-        total = config.train.steps or math.ceil(float(config.train.epochs or 1) * per_epoch)
-        return bool(summary["steps"] == total)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return False
-
-
-def read_summary(folder: RunFolder) -> dict[str, Any]:
-    try:
-        summary = json.loads(folder.summary.read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def _check_existing(plan: PlannedRound, plans: Mapping[str, PlannedRound]) -> None:
@@ -329,28 +238,15 @@ def _check_existing(plan: PlannedRound, plans: Mapping[str, PlannedRound]) -> No
             f"{plan.folder.path} to train this round again")
 
 
-def config_differences(config: Config, folder: RunFolder, what: str = "the round"
-                       ) -> list[str]:
-    """The keys (that change results) in which ``folder``'s config differs from ``config``."""
-    if not folder.config.is_file():
-        return []  # resuming checks the checkpoint's own config
-    saved = _read_yaml(folder.config)
-    # the folder records the config with model and size resolved, as training resolves it
-    given, _ = resolve_for(config, None, pick_device(config.train.device))
-    old, new = run_state.flatten(saved), run_state.flatten(given.to_dict())
-    return [f"  {k}: the run has {old[k]!r}, {what} gives {new.get(k)!r}"
-            for k in sorted(old)
-            if old[k] != new.get(k) and not k.startswith(run_state.RESUMABLE_CHANGES)
-            # "auto" / "native" resolve against the data, which is not read here
-            and new.get(k) not in UNRESOLVED]
-
-
 # --------------------------------------------------------------------------- running
 
 
 def run_pipeline(pipeline: Pipeline, *, resume: bool = True,
                  callbacks: Mapping[str, Sequence[Callback]] | None = None) -> list[RoundResult]:
     """Train the pipeline's rounds in order, each through :func:`auxilia.engine.train`.
+
+    The pipeline folder (see :mod:`auxilia.engine.pipefolder`) and every round's run folder
+    are checked before anything is written, and the pipeline folder is locked until the end.
 
     Args:
         pipeline: the rounds and their base config.
@@ -362,24 +258,84 @@ def run_pipeline(pipeline: Pipeline, *, resume: bool = True,
         One result per round, in order (the rounds' summaries, for a table).
 
     Raises:
-        RoundsError: a problem :func:`plan_pipeline` finds; nothing has trained then.
-        KeyboardInterrupt: a round stopped on Ctrl-C or SIGTERM (after writing its
-            ``last.pt``); running the pipeline again continues from there.
+        RoundsError: a problem :func:`plan_pipeline` finds, or a folder the pipeline may not
+            write; nothing has trained then.
+        RoundFailedError: a round failed (naming it; the error it raised is the cause).
+        Interrupted: SIGINT or SIGTERM at any moment (a ``KeyboardInterrupt``), once the
+            running round wrote its ``last.pt``; running the pipeline again continues.
     """
+    owners = _checked(pipeline, callbacks, resume)  # read-only: fail before any write
+    with StopFlag() as stop, contextlib.ExitStack() as locks:
+        for owner in owners:
+            locks.enter_context(owner.lock())
+        owners, plans = _checked(pipeline, callbacks, resume), plan_pipeline(pipeline)
+        for owner in owners:
+            owner.create()
+        records = [PipelineRecord(o.path, pipeline.name, [(p.round.name, p.folder.path,
+                                                           p.status) for p in plans])
+                   for o in owners]
+        return _run_rounds(pipeline.name, plans, dict(callbacks or {}), records, stop)
+
+
+def _checked(pipeline: Pipeline, callbacks: Mapping[str, Sequence[Callback]] | None,
+             resume: bool) -> list[OwnedFolder]:
     plans = plan_pipeline(pipeline)
-    callbacks = dict(callbacks or {})
-    unknown = sorted(set(callbacks) - {p.round.name for p in plans})
+    unknown = sorted(set(callbacks or {}) - {p.round.name for p in plans})
     if unknown:
         raise RoundsError(f"callbacks for {', '.join(unknown)}: no such round in pipeline "
                           f"{pipeline.name!r}")
     if not resume:
         _refuse_existing(pipeline.name, plans)
-    results = []
-    for i, plan in enumerate(plans, 1):
-        if plan.config.run.progress != "off":
-            print(f"round {i}/{len(plans)} {plan.round.name}: {_DOING[plan.status]} "
-                  f"{plan.folder.path}", flush=True)
-        results.append(_run_round(pipeline.name, plan, callbacks.get(plan.round.name, ())))
+    # a round may set its own run.dir: each folder that holds rounds is the pipeline's
+    owners = [pipeline_owner(p) for p in dict.fromkeys(p.folder.path.parent for p in plans)]
+    for owner in owners:
+        owner.check()
+    for plan in plans:
+        problem = check_round_folder(plan.round.name, plan.folder, plan.status)
+        if problem:
+            raise RoundsError(problem)
+    return owners
+
+
+def _run_rounds(name: str, plans: Sequence[PlannedRound],
+                callbacks: Mapping[str, Sequence[Callback]], records: Sequence[PipelineRecord],
+                stop: StopFlag) -> list[RoundResult]:
+    def mark(i: int, status: str, error: str = "") -> None:
+        for record in records:
+            record.set(i, status, error)
+
+    results: list[RoundResult] = []
+    try:
+        for i, plan in enumerate(plans):
+            stop.check()  # a signal between rounds (or as one wrote its summary) ends it here
+            if plan.config.run.progress != "off":
+                print(f"round {i + 1}/{len(plans)} {plan.round.name}: {_DOING[plan.status]} "
+                      f"{plan.folder.path}", flush=True)
+            if plan.status != "skipped":
+                mark(i, "running")
+            try:
+                results.append(_run_round(plan, callbacks.get(plan.round.name, ())))
+            except KeyboardInterrupt:
+                mark(i, "interrupted" if plan.folder.last.is_file() else "pending")
+                raise
+            except Exception as err:
+                mark(i, "failed", f"{type(err).__name__}: {err}")
+                for record in records:
+                    record.end("failed", round_name=plan.round.name)
+                raise RoundFailedError(f"pipeline {name!r}, round {plan.round.name!r} "
+                                       f"({plan.folder.path}): {err}") from err
+            mark(i, "finished")
+        stop.check()
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", None) or stop.signum or signal.SIGINT
+        for record in records:
+            record.end("interrupted", signum=signum)
+        print(f"{signal.Signals(signum).name} received: pipeline {name!r} stopped; finished "
+              "rounds are skipped next time, a stopped one resumes from its last.pt",
+              file=sys.stderr, flush=True)
+        raise Interrupted(signum) from None
+    for record in records:
+        record.end("finished")
     return results
 
 
@@ -391,18 +347,12 @@ def _refuse_existing(name: str, plans: Sequence[PlannedRound]) -> None:
                           "resume to skip finished rounds and continue the others, or delete them")
 
 
-def _run_round(pipeline: str, plan: PlannedRound, callbacks: Sequence[Callback]) -> RoundResult:
+def _run_round(plan: PlannedRound, callbacks: Sequence[Callback]) -> RoundResult:
     name = plan.round.name
     if plan.status == "skipped":
         return RoundResult(name, "skipped", plan.folder.path, read_summary(plan.folder))
     # a folder without any checkpoint is what a run that failed before its first one leaves
     overwrite = plan.status == "trained" and not plan.folder.best.is_file()
-    try:
-        result = train(plan.config, resume=plan.status == "resumed", overwrite=overwrite,
-                       callbacks=callbacks)
-    except KeyboardInterrupt:
-        print(f"pipeline {pipeline!r} stopped in round {name!r}; run the pipeline again to "
-              "continue: finished rounds are skipped, this one resumes from its last.pt",
-              file=sys.stderr, flush=True)
-        raise
+    result = train(plan.config, resume=plan.status == "resumed", overwrite=overwrite,
+                   callbacks=callbacks)
     return RoundResult(name, plan.status, result.run_dir, result.summary, result)

@@ -26,11 +26,22 @@ from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, run_loop
+from auxilia.engine.runidentity import check_same_run, checkpoint_run_id
 from auxilia.engine.runlog import MetricsLog, RunFolder
 from auxilia.engine.selection import best_on_val, per_model_records
 from auxilia.engine.setup import Setup, build_setup, pick_device
 from auxilia.engine.signals import StopFlag
-from auxilia.engine.teacher import describe_teacher, finish_report, teacher_report
+from auxilia.engine.teacher import (
+    check_same_teacher,
+    describe_teacher,
+    finish_report,
+    teacher_report,
+)
+from auxilia.engine.teacher_runs import (
+    check_no_unfinished_students,
+    check_not_own_teacher,
+    record_student,
+)
 from auxilia.report import plot_curves, summarize
 from auxilia.seeding import deterministic_mode
 
@@ -88,8 +99,11 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     """
     config, choice = resolve_for(config, data, pick_device(config.train.device))
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
+    check_not_own_teacher(config.teacher, folder.path)  # before anything is written
     if not resume:
         folder.check(resume=False, overwrite=overwrite)  # read-only: fail before any work
+        if overwrite and folder.path.is_dir():  # a teacher replaced under its student
+            check_no_unfinished_students(folder.path)
     # deterministic kernels for this run only: the switches are restored when it ends
     with deterministic_mode(config.train.deterministic), StopFlag() as stop:
         if resume:
@@ -125,21 +139,22 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
     """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
     folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last)
+    run_note = check_same_run(checkpoint, folder)  # a last.pt copied in from another run
     run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
     if config.run.progress != "off":
         total = config.train.steps or f"{config.train.epochs:g} epochs of"
         print(f"resuming {folder.path} from step {checkpoint['loop']['step']} "
               f"(of {total} steps; {folder.last})", flush=True)
     setup = build_setup(config, data, teacher=teacher)
+    check_same_teacher(checkpoint, setup.objective.slots, folder.last)  # not retrained since
     note = check_same_data(checkpoint, setup.data, folder.path)
-    if note:
-        setup.data.notes.append(note)
+    setup.data.notes.extend(n for n in (note, run_note) if n)
     run = build_run(setup)
     run.folder = folder
     run_state.restore(checkpoint, run)
+    if folder.run_id() is None:  # a run folder made before the marker, or its id, existed
+        folder.write_marker(checkpoint_run_id(checkpoint))  # before best.pt may be rewritten
     _repair_best(run)
-    if not folder.marker.is_file():  # a run folder made before the marker existed
-        folder.write_marker()
     return _train_from(run, folder, callbacks, stop, resumed=True)
 
 
@@ -147,6 +162,7 @@ def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback
                 stop: StopFlag, *, resumed: bool) -> RunResult:
     setup, config, loop = run.setup, run.config, run.loop
     run.folder = folder
+    record_student(config.teacher, folder.path)  # so that the teacher is not overwritten
     if config.run.progress != "off":
         print(f"data: {config.data.source}, {setup.data.num_classes} classes, images "
               f"{'x'.join(map(str, setup.data.image_shape))}", flush=True)
@@ -154,6 +170,9 @@ def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback
             print(f"  {line}", flush=True)
         for note in setup.data.notes:
             print(f"note: {note}", flush=True)
+    else:  # quiet runs (a sweep's, a pipeline's) still say what was done to the data
+        for note in setup.data.notes:
+            print(f"note: {folder.path}: {note}", file=sys.stderr, flush=True)
     teacher = teacher_report(run)
     if teacher is not None and config.run.progress != "off":
         print(describe_teacher(teacher), flush=True)

@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,18 @@ MARKER = ".auxilia-run"
 REPLACED_PREFIX = ".replaced."
 """Prefix of the hidden sibling an old run waits in while ``--overwrite`` replaces it."""
 
+STUDENTS = "students"
+"""Sub-folder of a teacher run where each student that distils it records itself
+(:mod:`auxilia.engine.teacher_runs`)."""
+
 OWNED_ENTRIES: dict[str, tuple[str, ...]] = {
     ".": (MARKER, "config.yaml", "metrics.jsonl", "summary.json", "data.json", "curves.png",
           "anytime.json", "anytime.png", "anytime-last.json", "anytime-last.png", "tb",
-          "checkpoints", "export", TEMPORARY_GLOB),
+          "checkpoints", "export", STUDENTS, TEMPORARY_GLOB),
     "checkpoints": ("last.pt", "best.pt", TEMPORARY_GLOB),
     "tb": ("events.out.tfevents.*",),
     "export": ("model.pt", "model.onnx", "model.safetensors", "model.json", TEMPORARY_GLOB),
+    STUDENTS: ("*.json", TEMPORARY_GLOB),
 }
 """What auxilia writes into a run folder (file-name patterns, per sub-folder)."""
 
@@ -99,6 +105,7 @@ class RunFolder:
         self.last = self.path / "checkpoints" / "last.pt"
         self.best = self.path / "checkpoints" / "best.pt"
         self._replaced: Path | None = None
+        self._id: str | None = None  # the marker's run id, once read or written
 
     # ------------------------------------------------------------------ checks
 
@@ -172,11 +179,40 @@ class RunFolder:
         return sorted(p for p in self.path.parent.glob(pattern)
                       if p != self._replaced and is_run_folder(p))
 
-    def write_marker(self) -> None:
-        """Mark the folder as auxilia's (also done when resuming a run that predates it)."""
-        text = json.dumps({"auxilia": "run folder", "created": time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z")}).encode() + b"\n"
+    def write_marker(self, run_id: str | None = None) -> None:
+        """Mark the folder as auxilia's, with the run's id (a new random one by default).
+
+        Every checkpoint records the id (:meth:`identity`), so that a ``last.pt`` copied in from
+        another run is told apart on resume. Also done when resuming a run that predates the
+        marker or the id; an existing marker's creation time is kept.
+        """
+        created = self._read_marker().get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run_id = run_id or uuid.uuid4().hex
+        text = json.dumps({"auxilia": "run folder", "created": created,
+                           "id": run_id}).encode() + b"\n"
         atomic_write(self.marker, lambda f: f.write(text))
+        self._id = run_id
+
+    def run_id(self) -> str | None:
+        """The run's id from the marker; None without a marker or with one from before ids."""
+        if self._id is None:
+            found = self._read_marker().get("id")
+            self._id = found if isinstance(found, str) and found else None
+        return self._id
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint records of its run: the id and the folder (``{}`` without an id)."""
+        run_id = self.run_id()
+        return {"id": run_id, "folder": str(self.path.resolve())} if run_id else {}
+
+    def _read_marker(self) -> dict[str, Any]:
+        if not self.marker.is_file():  # never open a FIFO or a folder put in its place
+            return {}
+        try:
+            info = json.loads(self.marker.read_text())
+        except (OSError, ValueError):  # missing, or damaged: treated as from before ids
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def drop_replaced(self) -> None:
         """Delete the run that ``create`` moved aside (no-op when there is none)."""
@@ -243,8 +279,9 @@ class RunLock:
     is taken over by the next process.
     """
 
-    def __init__(self, run_path: Path) -> None:
+    def __init__(self, run_path: Path, what: str = "run folder") -> None:
         self.run_path = run_path
+        self.what = what  # "run folder", "sweep folder", ...: for the messages
         self.path = run_path.with_name(f".{run_path.name}.lock")
         self._fd: int | None = None
 
@@ -272,8 +309,10 @@ class RunLock:
             except OSError:
                 os.close(fd)
                 raise RunLockedError(
-                    f"run folder {self.run_path} is in use by {self._holder()}; wait for that "
-                    "run to finish or stop it, or set run.name for a new run") from None
+                    f"{self.what} {self.run_path} is in use by {self._holder()}; wait for that "
+                    + ("run to finish or stop it, or set run.name for a new run"
+                       if self.what == "run folder" else "process to finish or stop it")
+                    ) from None
             try:  # a holder may have released and deleted the file between open and flock
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
 from auxilia.parts import STUDENT
+from auxilia.teachers import teacher_record
 
 if TYPE_CHECKING:
     from auxilia.engine.context import RunContext
@@ -34,7 +35,8 @@ def save(path: Path, run: RunContext) -> None:
     ``teacher.run`` read): the student, or the slot the objective deploys (Mean Teacher's EMA
     model), named by ``deployed``; every other model whose weights change (the student
     included, when it is not deployed) is under ``slots`` by name; frozen slots are rebuilt
-    from their source on resume.
+    from their source on resume. ``teacher`` records the teacher's source and weights
+    checksum, so that a resume refuses a teacher retrained since the first start.
     """
     loop = run.loop
     deployed = run.objective.deployed
@@ -57,6 +59,8 @@ def save(path: Path, run: RunContext) -> None:
                  "images": loop.images, "scaler_skips": loop.scaler_skips},
         "config": run.config.to_dict(),
         "data": run.setup.data.identity,
+        "run": run.folder.identity() if run.folder is not None else {},  # checked on resume
+        "teacher": teacher_record(run.slots),
     }, path)
 
 

@@ -1,8 +1,14 @@
 """Building a run's teacher (``teacher:`` or a module from the Python API), checking it, and
-reporting it: its accuracy on the student's val/test splits and a checksum of its weights."""
+reporting it: its accuracy on the student's val/test splits and a checksum of its weights.
+
+A teacher has an identity: its class names are paired with the student's
+(:mod:`auxilia.engine.teacher_classes`), and the checksum of its weights at the student's first
+start is kept in the student's checkpoints, so that a resumed student refuses a teacher that
+was retrained since (:func:`check_same_teacher`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,17 +21,22 @@ from auxilia.data.types import DatasetSplits
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.datacheck import read_data_listing
 from auxilia.engine.evaluate import evaluate
+from auxilia.engine.teacher_classes import class_index, class_note, shown_names
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
 from auxilia.models.weights import load_model_weights
+from auxilia.parts import Slot
 from auxilia.teachers import (
     TEACHER,
+    ClassOrder,
     InputAdapter,
     LoadedTeacher,
     ModuleTeacher,
     TeacherConfig,
+    TeacherSlot,
     needs_adapter,
     output_shapes,
+    teacher_record,
     weights_checksum,
 )
 
@@ -47,15 +58,16 @@ def build_teacher(cfg: TeacherConfig | None, data: DatasetSplits, device: torch.
             answers the multi-exit contract already).
 
     Raises:
-        ConfigError: both or neither of ``teacher.run`` / ``teacher.model``, or the teacher's
-            run trained on images of the student's test split.
+        ConfigError: both or neither of ``teacher.run`` / ``teacher.model``, the teacher's
+            run trained on images of the student's test split, or its class names are not
+            the student's and ``teacher.classes`` does not pair them.
     """
     if module is not None:
         model: nn.Module = module if isinstance(module, MultiExitModel | ModuleTeacher) \
             else ModuleTeacher(module)
         stats = _stats(cfg, None, data)
         loaded = _finish(model, f"{type(module).__name__} (Python API)", cfg, stats, data,
-                         device, None)
+                         device, None, _declared_names(cfg))
     elif cfg is None:
         return None
     elif (cfg.run is None) == (cfg.model is None):
@@ -74,10 +86,16 @@ def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> 
     """An auxilia run's model, with the training heads its own methods attach."""
     from auxilia.engine.reload import resolve_checkpoint, run_folder_of_checkpoint  # a cycle
 
-    path = resolve_checkpoint(Path(cfg.run).expanduser(), cfg.checkpoint)  # type: ignore[arg-type]
+    path = resolve_checkpoint(Path(cfg.run).expanduser(), cfg.checkpoint,  # type: ignore[arg-type]
+                              advice="set teacher.checkpoint={which} to distil {path}")
     checkpoint = load_checkpoint(path)
     tconf = parse_config(checkpoint["config"])
     ident: dict[str, Any] = checkpoint.get("data") or {}
+    names = ident.get("classes")
+    if names and isinstance(cfg.classes, list):
+        raise ConfigError(f"teacher.classes lists class names, and teacher.run {path} records "
+                          f"its own ({shown_names(names)}): to pair them with the student's, give "
+                          "a mapping student class: teacher class instead (e.g. {c2: c3})")
     shape = tuple(ident.get("image_shape") or data.image_shape)
     classes = len(ident.get("classes") or data.classes)
     with torch.random.fork_rng(devices=[]):  # the teacher's build never moves the run's RNG
@@ -93,7 +111,8 @@ def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> 
                                  "in_chans": cfg.in_chans or int(shape[0])})
     folder = run_folder_of_checkpoint(path)
     files = read_data_listing(folder / "data.json") if folder is not None else None
-    return _finish(model, f"run {path}", cfg, stats, data, device, files)
+    return _finish(model, f"run {path}", cfg, stats, data, device, files,
+                   list(names) if names else _declared_names(cfg))
 
 
 def _run_heads(tconf: Any, backbone: Any, classes: int, ident: dict[str, Any]) -> list[Any]:
@@ -121,10 +140,16 @@ def _from_model(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -
     with torch.random.fork_rng(devices=[]):
         backbone = create_backbone(cfg.model, in_chans=in_chans, image_size=size,  # type: ignore[arg-type]
                                    **cfg.kwargs)
-        model = MultiExitModel(backbone, cfg.num_classes or data.num_classes)
+        names = _declared_names(cfg)
+        model = MultiExitModel(backbone, cfg.num_classes or len(names or data.classes))
     load_model_weights(model, cfg.weights)
     return _finish(model, f"{cfg.model} from {cfg.weights}", cfg, _stats(cfg, None, data),
-                   data, device, None)
+                   data, device, None, names)
+
+
+def _declared_names(cfg: TeacherConfig | None) -> list[str] | None:
+    """The class names ``teacher.classes`` declares as a list (a teacher whose own are unknown)."""
+    return list(cfg.classes) if cfg is not None and isinstance(cfg.classes, list) else None
 
 
 def _stats(cfg: TeacherConfig | None, run_stats: tuple[Any, Any] | None,
@@ -137,7 +162,9 @@ def _stats(cfg: TeacherConfig | None, run_stats: tuple[Any, Any] | None,
 
 def _finish(model: nn.Module, source: str, cfg: TeacherConfig | None,
             stats: tuple[list[float], list[float]], data: DatasetSplits, device: torch.device,
-            files: dict[str, list[list[str]]] | None) -> LoadedTeacher:
+            files: dict[str, list[list[str]]] | None, names: list[str] | None
+            ) -> LoadedTeacher:
+    """Adapt its inputs, pair its classes with the student's, freeze it on ``device``."""
     size = cfg.image_size if cfg else None
     chans = cfg.in_chans if cfg else None
     student = (list(data.mean), list(data.std))
@@ -145,8 +172,45 @@ def _finish(model: nn.Module, source: str, cfg: TeacherConfig | None,
         model = InputAdapter(model, student, stats, size, chans)
     model = model.to(device).eval().requires_grad_(False)
     shapes = output_shapes(model, data.image_shape, device)
+    index, note = _class_order(cfg, names, data, source, _logits_width(shapes))
+    if index is not None:  # inside the slot: every recipe sees the student's class order
+        model = ClassOrder(model, index).to(device).eval().requires_grad_(False)
+        shapes = output_shapes(model, data.image_shape, device)
+    return LoadedTeacher(model, source, shapes, _logits_width(shapes), files, note)
+
+
+def _logits_width(shapes: dict[str, dict[str, tuple[int, ...]]]) -> int | None:
     logits = shapes.get("final", {}).get("logits")
-    return LoadedTeacher(model, source, shapes, logits[0] if logits else None, files)
+    return logits[0] if logits else None
+
+
+def _class_order(cfg: TeacherConfig | None, names: list[str] | None, data: DatasetSplits,
+                 source: str, width: int | None) -> tuple[list[int] | None, str | None]:
+    """The teacher's logits to keep, in the student's class order, and a note saying how.
+
+    A teacher whose class names are unknown keeps the count check of the recipes (``kd``).
+
+    Raises:
+        ConfigError: the names differ and are not paired (see
+            :func:`~auxilia.engine.teacher_classes.class_index`), a mapping for a teacher
+            without names, or a list of names that is not one per logit.
+    """
+    pairs = cfg.classes if cfg is not None and isinstance(cfg.classes, dict) else None
+    if cfg is not None and cfg.classes is not None and width is None:
+        raise ConfigError(f"teacher.classes is given, and the teacher ({source}) gives no "
+                          "final logits to pair with the student's classes; leave it out")
+    if names is None:
+        if pairs is not None:
+            raise ConfigError(
+                f"teacher.classes pairs classes by name, and the teacher ({source}) records no "
+                "class names: give them as a list in the order of its logits instead, e.g. "
+                f"teacher.classes=[{', '.join(data.classes[:3])}, ...]")
+        return None, None
+    if width is not None and len(names) != width:
+        raise ConfigError(f"teacher.classes lists {len(names)} class names, and the teacher "
+                          f"({source}) gives {width} logits; list one name per logit, in order")
+    index = class_index(data.classes, names, pairs, source)
+    return index, class_note(data.classes, names, index)
 
 
 def check_no_test_leak(teacher: LoadedTeacher, data: DatasetSplits) -> None:
@@ -173,8 +237,11 @@ def teacher_report(run: RunContext) -> dict[str, Any] | None:
         return None
     model = run.models[TEACHER]
     setup, cfg = run.setup, run.config
-    report: dict[str, Any] = {"source": getattr(slot, "source", ""),
-                              "sha256": weights_checksum(model)}
+    # a resumed run's teacher has the checksum of the run's first start (check_same_teacher)
+    sha = slot.sha256 if isinstance(slot, TeacherSlot) else weights_checksum(model)
+    report: dict[str, Any] = {"source": getattr(slot, "source", ""), "sha256": sha}
+    if isinstance(slot, TeacherSlot) and slot.class_note:
+        report["classes"] = slot.class_note
     for name in ("val", "test"):
         split = getattr(setup.data, name)
         if split is None or not len(split) or "logits" not in _final_fields(model, setup):
@@ -196,7 +263,25 @@ def describe_teacher(report: dict[str, Any]) -> str:
     accs = ", ".join(f"{split} {report[split]['top1']:.2f} %" for split in ("val", "test")
                      if split in report and report[split].get("top1") is not None)
     return (f"teacher: {report['source']}" + (f"; {accs}" if accs else "")
-            + f"; weights sha256 {report['sha256'][:12]}")
+            + f"; weights sha256 {report['sha256'][:12]}"
+            + (f"; classes {report['classes']}" if report.get("classes") else ""))
+
+
+def check_same_teacher(checkpoint: Mapping[str, Any], slots: Mapping[str, Slot],
+                       path: Path) -> None:
+    """Refuse to resume with a teacher whose weights differ from the run's first start's.
+
+    Raises:
+        ConfigError: naming the teacher and both checksums.
+    """
+    recorded, now = checkpoint.get("teacher") or {}, teacher_record(slots)
+    if now is None or not recorded.get("sha256") or recorded["sha256"] == now["sha256"]:
+        return  # no teacher, or a checkpoint written before teachers were recorded
+    raise ConfigError(
+        f"cannot resume from {path}: its teacher ({now['source']}) has other weights than at "
+        f"the run's first start (sha256 {recorded['sha256'][:12]} then, {now['sha256'][:12]} "
+        "now: retrained or replaced since); resume with the teacher it started with, or start "
+        "the student again with --overwrite")
 
 
 def finish_report(run: RunContext, start: dict[str, Any] | None) -> dict[str, Any]:
