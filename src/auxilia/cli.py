@@ -13,13 +13,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from auxilia.config import Config
 
 EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``auxilia`` command."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as err:  # SIGINT: 130, SIGTERM: 143 (128 + signal number)
+        if not hasattr(err, "exit_code"):  # not a stop flag's Interrupted: came while importing
+            print("SIGINT received: stopped", file=sys.stderr, flush=True)
+        return int(getattr(err, "exit_code", EXIT_INTERRUPTED))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -31,8 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.items = [*args.items, *extra]  # key=value items may follow the options
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt as err:  # SIGINT: 130, SIGTERM: 143 (128 + signal number)
-        return int(getattr(err, "exit_code", EXIT_INTERRUPTED))
     except Exception as err:  # one readable line instead of a traceback
         if os.environ.get("AUXILIA_DEBUG"):
             raise
@@ -117,7 +123,11 @@ def _train(args: argparse.Namespace) -> int:
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
-    if path is not None and _is_pipeline(Path(path)):
+    kind = "config" if path is None else _kind(Path(path))
+    if kind == "sweep":
+        raise ValueError(f"{path} is a sweep file (it has variants), not a training config: "
+                         f"run it with auxilia compare {path}")
+    if kind == "pipeline":
         if args.resume is not None or args.overwrite:
             raise ValueError(f"{path} is a pipeline: it resumes its rounds by itself (finished "
                              "rounds are skipped, an interrupted one resumed); --resume and "
@@ -125,7 +135,9 @@ def _train(args: argparse.Namespace) -> int:
         args.pipeline, args.items = path, items
         return _rounds(args)
     if args.resume and path is None:
-        config = _resume_config(Path(args.resume), items)
+        from auxilia.engine.resume_config import resume_config
+
+        config = resume_config(Path(args.resume), items)
     else:
         config = load_config(path, items)
     if args.resume:
@@ -137,85 +149,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_pipeline(path: Path) -> bool:
-    """Whether a YAML file is a pipeline (it has ``rounds``) rather than a run config."""
+def _kind(path: Path) -> str:
+    """``pipeline`` (a YAML file with ``rounds``), ``sweep`` (with ``variants``) or ``config``."""
     from auxilia.config import read_yaml
 
-    return "rounds" in read_yaml(path)
+    raw = read_yaml(path)
+    return "pipeline" if "rounds" in raw else "sweep" if "variants" in raw else "config"
 
 
 def _rounds(args: argparse.Namespace) -> int:
     from auxilia.engine.rounds import load_pipeline, run_pipeline
+    from auxilia.engine.signals import StopFlag
 
     bad = [item for item in args.items if "=" not in item]
     if bad:
         raise ValueError(f"auxilia rounds takes one pipeline file, then key=value overrides; "
                          f"got {' '.join(bad)}")
-    try:
-        results = run_pipeline(load_pipeline(args.pipeline, args.items))
-    except KeyboardInterrupt:
-        print("Resume with: " + shlex.join(["auxilia", *args.argv]), file=sys.stderr, flush=True)
-        raise
-    for r in results:
-        print(f"{r.name:16s} {r.status:8s} val top1 {_fmt(r.val_top1):>6s}  "
-              f"test top1 {_fmt(r.test_top1):>6s}  {r.run_dir}")
+    resume = "Resume with: " + shlex.join(["auxilia", *args.argv])
+    with StopFlag() as stop:  # a signal at any moment, the table's printing included
+        try:
+            results = run_pipeline(load_pipeline(args.pipeline, args.items))
+        except KeyboardInterrupt:
+            print(resume, file=sys.stderr, flush=True)
+            raise
+        for r in results:
+            print(f"{r.name:16s} {r.status:8s} val top1 {_fmt(r.val_top1):>6s}  "
+                  f"test top1 {_fmt(r.test_top1):>6s}  {r.run_dir}")
+        if stop.requested:
+            print(f"{stop.name} received as the pipeline ended: every round is finished. "
+                  f"{resume}", file=sys.stderr, flush=True)
+            stop.check()
     return 0
-
-
-def _resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The run's own config (``RUN/config.yaml``) with ``key=value`` overrides on top.
-
-    The overrides may change only what does not change the results (``train.device``,
-    ``run.progress``, ...); the check against the checkpoint then names any other key.
-    """
-    from auxilia.config import load_config
-    from auxilia.engine.runlog import RunFolder
-
-    folder = RunFolder(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"cannot resume: {run_dir} is a file, not a run folder; "
-                                 "--resume takes the run folder (runs/<name>)")
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"cannot resume: run folder {run_dir} does not exist; start "
-                                "the run without --resume")
-    if not folder.config.is_file():
-        raise FileNotFoundError(f"cannot resume: {folder.config} does not exist; is {run_dir} "
-                                "an auxilia run folder?")
-    _refuse_moving_overrides(run_dir, overrides)
-    config = load_config(folder.config, overrides)
-    # run.dir and run.name locate the folder being resumed, wherever it was moved
-    config.run.dir, config.run.name = str(run_dir.parent), run_dir.name
-    return config
-
-
-def _refuse_moving_overrides(run_dir: Path, overrides: list[str]) -> None:
-    """Refuse ``run.name=``/``run.dir=`` overrides naming another place than ``run_dir``.
-
-    The folder resumed is ``run_dir`` whatever its ``config.yaml`` says (it may have been
-    moved), so these overrides cannot take effect; replacing them silently would let a user
-    believe the run continues under the new name. Naming ``run_dir`` itself is harmless.
-    """
-    from auxilia.config import ConfigError, apply_override
-
-    raw: dict[str, object] = {}
-    for item in overrides:
-        apply_override(raw, item)
-    run = raw.get("run")
-    given = run if isinstance(run, dict) else {}
-    # str(): run.name=123 names the folder 123; that YAML made it a number is load_config's to say
-    if "name" in given and str(given["name"]) != run_dir.name:
-        raise ConfigError(
-            f"--resume: run.name cannot change on resume (it is the name of the run folder "
-            f"{run_dir}, which is continued); to continue the run under another name, move its "
-            f"folder (mv {run_dir} {run_dir.parent / str(given['name'])}) and resume that; to "
-            "start a new run, leave out --resume")
-    if "dir" in given and Path(str(given["dir"])).expanduser().resolve() != (
-            run_dir.parent.resolve()):
-        raise ConfigError(
-            f"--resume: run.dir cannot change on resume (the run folder {run_dir} is "
-            f"continued where it is); to continue it in {given['dir']}, move it there "
-            f"(mv {run_dir} {Path(str(given['dir'])) / run_dir.name}) and resume that; to "
-            "start a new run, leave out --resume")
 
 
 def _print_summary(summary: dict) -> None:

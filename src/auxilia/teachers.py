@@ -75,32 +75,41 @@ def check_class_names(value: Any) -> dict[str, str] | list[str] | None:
     """``teacher.classes`` with its names as text (YAML reads the class ``3`` as a number).
 
     Raises:
-        ValueError: not a non-empty mapping or list of names, or a name given twice.
+        ValueError: not a non-empty mapping or list of names, or a name given twice (also in
+            two spellings that are the same text, such as ``1`` and ``"1"``).
     """
     if value is None:
         return None
     if isinstance(value, dict) and value:
-        pairs = {_name(k): _name(v) for k, v in value.items()}
-        _no_twice(list(pairs.values()), "two student classes pair with teacher class {}")
-        return pairs
+        keys = _names(list(value), "student class {name} is given twice{spellings}; give "
+                      "each student class once")
+        values = _names(list(value.values()), "two student classes pair with teacher class "
+                        "{name}{spellings}; each class pairs with one class")
+        return dict(zip(keys, values, strict=True))
     if isinstance(value, list) and value:
-        names = [_name(v) for v in value]
-        _no_twice(names, "the list names class {} twice")
-        return names
+        return _names(value, "the list names class {name} twice{spellings}; each class pairs "
+                      "with one class")
     raise ValueError("expected a mapping student class: teacher class (e.g. {c2: c3}), or, "
                      f"for a teacher whose class names are unknown, a list of them; got {value!r}")
+
+
+def _names(given: list[Any], twice: str) -> list[str]:
+    """``given`` as text; a name given twice is refused with the message ``twice``, whose
+    ``{name}`` is the name and ``{spellings}`` both spellings when they differ (``1``, ``'1'``)."""
+    names = [_name(v) for v in given]
+    for i, name in enumerate(names):
+        j = names.index(name)
+        if j < i:
+            spellings = (f" (as {given[j]!r} and {given[i]!r})"
+                         if type(given[j]) is not type(given[i]) else "")
+            raise ValueError(twice.format(name=repr(name), spellings=spellings))
+    return names
 
 
 def _name(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"class names are text, got {value!r}")
     return str(value)
-
-
-def _no_twice(names: list[str], what: str) -> None:
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(what.format(repr(twice[0])) + "; each class pairs with one class")
 
 
 @dataclass(eq=False)

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from auxilia.cli import main as cli
 from auxilia.compare.collect import collect
 from auxilia.compare.report import write_report
 from auxilia.compare.runner import run_sweep
-from auxilia.compare.spec import SweepError, quick_sweep
+from auxilia.compare.spec import SweepError, load_sweep, quick_sweep
 from auxilia.compare.sweepfolder import sweep_owner
 from auxilia.config import load_config
 from auxilia.engine import train
@@ -166,3 +167,103 @@ def test_compare_and_report_name_their_mistakes(tmp_path: Path,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {message}"), (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sw", "train.yaml"]  # nothing ran
+
+
+def test_report_counts_each_run_and_variant_once(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        train(load_config(None, [f"run.dir={runs}", f"run.name=r{seed}", f"seed={seed}",
+                                 "run.progress=off", *TINY]))
+    (tmp_path / "link").symlink_to(runs)
+    collection = collect([runs, runs / "r0", tmp_path / "link" / "r1"])
+    assert collection.variants == ["supervised"]
+    assert sorted(r.path.name for r in collection.records) == ["r0", "r1"]
+    write_report(collection, tmp_path / "rep")
+    rows = (tmp_path / "rep" / "runs.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # the header and two runs
+    assert (tmp_path / "rep" / "results.csv").read_text().count("\nsupervised,") == 1
+
+
+def test_folder_shapes_that_are_no_sweep_folder_are_named(tmp_path: Path) -> None:
+    odd = tmp_path / "sw"
+    odd.mkdir()
+    (odd / "sweep.json").write_text('{"runs": {}}')  # a record auxilia never wrote
+    with pytest.raises(RunFolderError, match=r"auxilia did not make it as a sweep folder "
+                                             r"\(it holds sweep.json\)"):
+        run_sweep(_sweep(tmp_path), display=False)
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    with pytest.raises(RunFolderError, match=f"cannot be made: {a_file} is a file"):
+        run_sweep(_sweep(a_file), display=False)
+    assert cli(["report", str(tmp_path), "--out", str(a_file / "sub")]) == 2
+    assert a_file.read_text() == "x"
+
+
+def test_a_sweep_or_report_is_never_made_inside_another_sweeps_folders(tmp_path: Path) -> None:
+    first = run_sweep(_sweep(tmp_path, name="outer"), display=False).folder
+    before = _snapshot(first)
+    with pytest.raises(RunFolderError, match=f"would be inside the sweep folder {first}"):
+        run_sweep(_sweep(first / "supervised", name="inner"), display=False)
+    with pytest.raises(RunFolderError, match=f"would be inside the sweep folder {first}"):
+        write_report(collect([first]), first / "supervised" / "rep")
+    assert _snapshot(first) == before
+    write_report(collect([first]), first / "mine")  # directly in the sweep folder: a report
+
+
+def test_equivalent_sweeps_continue_and_a_folder_clash_says_which_folder_to_set(
+        tmp_path: Path) -> None:
+    def sweep_file(labels: list[str], overrides: list[str]) -> Path:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "sw", "overrides": [f"run.dir={tmp_path}", *TINY, *overrides], "seeds": 1,
+            "variants": [{"label": label, "method": "supervised"} for label in labels]}))
+        return path
+
+    run_sweep(load_sweep(sweep_file(["a-b"], ["optim.lr=0.1", "optim.momentum=0.8"])),
+              display=False)
+    again = run_sweep(load_sweep(sweep_file(["a-b"], ["optim.momentum=0.8", "optim.lr=0.1"])),
+                      display=False)  # the same overrides in another order
+    assert again.skipped == ["a-b/seed0"]
+    clash = load_sweep(sweep_file(["a b", "a-b"], ["optim.lr=0.1", "optim.momentum=0.8"]))
+    with pytest.raises(SweepError, match=r"variant 'a-b' keeps its runs in folder 'a-b' and "
+                                         r"would now get 'a-b-2' .* set folder: a-b on variant"):
+        run_sweep(clash, display=False)
+
+
+def test_a_duplicate_key_in_the_sweeps_own_overrides_is_named_as_such(tmp_path: Path) -> None:
+    sweep = quick_sweep(None, "supervised", 1, [f"run.dir={tmp_path}", *TINY,
+                                                "optim={name: sgd, lr: 0.1, lr: 0.2}"])
+    with pytest.raises(SweepError, match=r"the sweep's overrides \(for every variant\): "
+                                         r".*'lr' appears twice"):
+        run_sweep(sweep, display=False)
+
+
+def test_each_file_kind_given_to_the_wrong_command_names_the_right_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sweep, pipeline = tmp_path / "sweep.yaml", tmp_path / "pipe.yaml"
+    sweep.write_text("name: s\nvariants: [{label: a, method: supervised}]\n")
+    pipeline.write_text("name: p\nrounds: [{name: first}]\n")
+    config = tmp_path / "train.yaml"
+    config.write_text("method: supervised\n")
+    for argv, message in (
+            (["compare", str(pipeline)], f"{pipeline} is a pipeline file (it has rounds), not a "
+                                         f"sweep file: run it with auxilia rounds {pipeline}"),
+            (["train", str(sweep)], f"{sweep} is a sweep file (it has variants), not a training "
+                                    f"config: run it with auxilia compare {sweep}"),
+            (["rounds", str(sweep)], f"{sweep} is a sweep file (it has variants), not a "
+                                     f"pipeline file: run it with auxilia compare {sweep}"),
+            (["rounds", str(config)], f"{config} is a training config, not a pipeline file (it "
+                                      f"has no rounds): train it with auxilia train {config}")):
+        assert cli(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {message}"], (argv, err)
+
+
+def test_a_bool_for_a_number_in_a_sweep_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: s\nworkers: true\nbudget: {steps: true}\n"
+                    "variants: [{label: a, method: supervised}]\n")
+    with pytest.raises(SweepError, match=r"budget.steps: must be a whole number \(expected int "
+                                         r">= 1 or null, got true\)\n  workers: must be a whole "
+                                         r"number \(expected int >= 1, got true\)"):
+        load_sweep(path)

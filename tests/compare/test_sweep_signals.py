@@ -162,3 +162,54 @@ def test_workers_stop_by_themselves_when_the_sweep_process_is_killed(tmp_path: P
         run = tmp_path / "sw" / variant / "seed0"
         assert (run / "checkpoints" / "last.pt").is_file()
         assert not (run / "summary.json").exists()
+
+
+def test_ctrl_c_to_the_whole_group_while_workers_start_leaves_no_traceback(
+        tmp_path: Path) -> None:
+    args = _compare(tmp_path, "supervised,deep_supervision", "--workers", "2")
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    _wait(lambda: len(_children(proc.pid)) >= 2)  # the workers exist, still importing torch
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: every process of the group
+    _out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    record = _record(tmp_path)
+    assert record["status"] == "interrupted"
+    assert {r["status"] for r in record["runs"]} <= {"interrupted", "pending"}
+
+
+def test_a_signal_while_compare_writes_its_report_finishes_the_report_then_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    from auxilia.cli import main as cli
+    from auxilia.compare import report
+
+    argv = ["compare", "-", "--methods", "supervised", "--seeds", "1", "--name", "sw",
+            f"run.dir={tmp_path}", *TINY]
+    assert cli(argv) == 0
+    results = tmp_path / "sw" / "results"
+    plots = sorted(p.name for p in results.glob("*.png"))
+    write_plots = report.write_plots
+
+    def signal_then_plot(*args, **kwargs):  # SIGTERM half-way through the report
+        signal.raise_signal(signal.SIGTERM)
+        return write_plots(*args, **kwargs)
+
+    monkeypatch.setattr(report, "write_plots", signal_then_plot)
+    assert cli(argv) == 143
+    assert "SIGTERM received: the report was finished first" in capsys.readouterr().err
+    assert sorted(p.name for p in results.glob("*.png")) == plots  # none lost
+    assert not list(results.glob(".*.tmp"))
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from auxilia import cli
+
+    def parser_interrupted():  # Ctrl-C while the command imports torch, before any stop flag
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", parser_interrupted)
+    assert cli.main(["compare", "-", "--methods", "supervised"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["SIGINT received: stopped"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -129,6 +130,30 @@ def test_a_validation_split_too_small_to_select_on_is_noted() -> None:
     assert any("val has 54 images for 10 classes (5.4 per class): too few" in n
                and "data.val_fraction" in n for n in data.notes)
     assert not any("too few" in n for n in load_dataset(DataConfig(source="digits")).notes)
+
+
+def _val_note(cfg: DataConfig) -> str:
+    return next(n for n in load_dataset(cfg).notes if "too few to select" in n)
+
+
+def test_the_small_validation_note_suggests_only_a_larger_fraction_that_gives_enough(
+        tmp_path: Path) -> None:
+    suggested = re.search(r"raise data\.val_fraction \(e\.g\. ([0-9.]+)\)",
+                          _val_note(DataConfig(source="digits", val_fraction=0.03)))
+    assert suggested and float(suggested[1]) > 0.03
+    followed = load_dataset(DataConfig(source="digits", val_fraction=float(suggested[1])))
+    assert len(followed.val) >= 100 and not any("too few" in n for n in followed.notes)
+    # 8 images per class at val_fraction=0.2: no fraction gives 10 val images per class and
+    # keeps half of them for training; a val split of the source's own ignores the fraction
+    root = _scenes(tmp_path, side=8)
+    note = _val_note(DataConfig(source="folder", root=str(root), val_fraction=0.2))
+    assert "val_fraction" not in note
+    assert note.endswith("too few to select a checkpoint reliably; add validation images "
+                         "(at least 10 per class)")
+    for c, name in enumerate(("beach", "city", "coast")):
+        _write(root / "val" / name / "0.png", 9000 + c, 8)
+    own = _val_note(DataConfig(source="folder", root=str(root), val_fraction=0.05))
+    assert "val has 3 images" in own and "val_fraction" not in own
 
 
 # ----------------------------------------------------------------------------- CSV paths

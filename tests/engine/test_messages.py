@@ -216,6 +216,19 @@ def test_every_export_format_needs_only_the_main_install(
     ("optim.lrr=1", "optim.lrr: unknown key (did you mean 'lr'?); valid keys here: betas, "
                     "decay_norm_and_bias, grad_clip, lr, momentum, name, nesterov, weight_decay"),
     ("method={name: cds, head: xx}", "method.head: must be one of 'sepconv', 'mlp' (got 'xx')"),
+    # a bool is never a number (pydantic's lax mode reads true as 1)
+    ("data.batch_size=true",
+     "data.batch_size: must be a whole number (expected int >= 1, got true)"),
+    ("train.steps=true",
+     "train.steps: must be a whole number (expected int > 0 or null, got true)"),
+    ("optim.lr=false", "optim.lr: must be a number (expected float > 0, got false)"),
+    ("optim.betas=[0.9, true]", "optim.betas[1]: must be a number (expected float, got true)"),
+    ("data.image_size=true",
+     "data.image_size: must be int >= 4, 'auto', 'native' or null (got true)"),
+    ("method={name: kd, temperature: true}",
+     "method.temperature: must be a number (expected float > 0, got true)"),
+    ("teacher.num_classes=true",
+     "teacher.num_classes: must be a whole number (expected int > 0 or null, got true)"),
 ])
 def test_bounds_and_types_speak_the_configs_language(item: str, line: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -223,6 +236,15 @@ def test_bounds_and_types_speak_the_configs_language(item: str, line: str) -> No
     lines = str(err.value).splitlines()
     assert lines == ["invalid configuration:", f"  {line}"]
     assert not PYDANTIC_WORDS.search(line), line
+
+
+def test_a_bool_is_refused_only_where_no_bool_is_meant() -> None:
+    with pytest.raises(ValidationError, match="int_type"):  # the Python API's assignments too
+        load_config(None, []).data.batch_size = True
+    kept = load_config(None, ["model.pretrained=true", "model.kwargs={widths: true}",
+                              "method={name: cds, supervised: false}", "data.batch_size=32.0"])
+    assert (kept.model.pretrained, kept.model.kwargs, kept.method[0].supervised,
+            kept.data.batch_size) == (True, {"widths": True}, False, 32)
 
 
 class _Probe(BaseModel):
@@ -299,6 +321,9 @@ def test_a_bound_through_the_cli_is_named_without_pydantic(
                           "continued where it is); to continue it in ELSEWHERE, move it there "
                           "(mv RUN ELSEWHERE/r) and resume that; to start a new run, leave out "
                           "--resume"),
+    ("run.name=r/x", "--resume: run.name 'r/x' contains a path separator; put the folder in "
+                     "run.dir instead; use a plain name such as 'my-run-1'"),
+    ("run.name=.r", "--resume: run.name '.r' starts with '.'"),
 ])
 def test_resume_refuses_keys_that_locate_the_run_folder(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, says: str) -> None:
@@ -319,6 +344,10 @@ def test_resume_refuses_keys_that_locate_the_run_folder(
     # naming the folder being resumed is no change
     same = [f"run.name={folder.name}", f"run.dir={runs}", "run.progress=off"]
     assert cli(["train", "--resume", str(folder), *same]) == 0
+    # nor in another spelling of the same place (a trailing slash, an unnormalised run.dir)
+    same = [f"run.name={folder.name}/", f"run.dir={runs}/../runs/", "run.progress=off"]
+    assert cli(["train", "--resume", f"{folder}/", *same]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in runs.iterdir()) == ["r"]
 
 
 # ----------------------------------------------------------------------------- run identity

@@ -19,7 +19,7 @@ from auxilia.config import Config, load_config
 from auxilia.engine import run as engine_run
 from auxilia.engine import train
 from auxilia.engine.pipefolder import pipeline_owner
-from auxilia.engine.rounds import Pipeline, Round, RoundFailedError, run_pipeline
+from auxilia.engine.rounds import Pipeline, Round, RoundFailedError, RoundsError, run_pipeline
 from auxilia.engine.runfolder import RunFolderError, RunLockedError
 from auxilia.engine.signals import Interrupted
 
@@ -137,3 +137,32 @@ def test_quiet_runs_still_print_their_notes(tmp_path: Path,
     train(load_config(None, [f"run.dir={tmp_path}", "run.name=r", *TINY, "data.batch_size=4096"]))
     err = capsys.readouterr().err
     assert f"note: {tmp_path / 'r'}: data.batch_size=4096 is larger than" in err
+
+
+def test_a_round_inside_another_rounds_run_folder_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    rounds = (Round("first"), Round("second", ("run.dir={first}",)))
+    with pytest.raises(RoundsError, match=r"round 'second': its folder .* would be inside the "
+                                          r"run folder of round 'first'"):
+        run_pipeline(Pipeline("pipe", _base(tmp_path), rounds))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_into_a_pipeline_folder_another_process_runs_is_refused(tmp_path: Path) -> None:
+    run_pipeline(Pipeline("pipe", _base(tmp_path), ROUNDS))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from auxilia.engine.pipefolder import pipeline_owner; "
+         "pipeline_owner(Path(sys.argv[1])).lock().acquire(); print('held', flush=True); "
+         "time.sleep(120)", str(tmp_path / "pipe")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"run folder {tmp_path / 'pipe' / 'third'} "
+                                                 rf"is in the pipeline folder .* in use by "
+                                                 rf"process {holder.pid}"):
+            train(load_config(None, [f"run.dir={tmp_path / 'pipe'}", "run.name=third", *TINY]))
+        assert not (tmp_path / "pipe" / "third").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(load_config(None, [f"run.dir={tmp_path / 'pipe'}", "run.name=third", *TINY]))

@@ -154,9 +154,80 @@ def test_teacher_classes_is_checked_as_names() -> None:
     assert load_config(None, ["teacher.classes=[1, b]"]).teacher.classes == ["1", "b"]
     for bad, message in (("{a: c, b: c}", "two student classes pair with teacher class 'c'"),
                          ("[a, a]", "the list names class 'a' twice"), ("{}", "expected a"),
-                         ("{a: [b]}", "class names are text"), ("7", "expected a")):
+                         ("{a: [b]}", "class names are text"), ("7", "expected a"),
+                         # two spellings of one name: refused, never the last silently winning
+                         ('{1: 2, "1": 1}', r"student class '1' is given twice \(as 1 and '1'\)"),
+                         ('{a: 1, b: "1"}', r"two student classes pair with teacher class '1' "
+                                            r"\(as 1 and '1'\)"),
+                         ('[3, "3"]', r"the list names class '3' twice \(as 3 and '3'\)")):
         with pytest.raises(ConfigError, match=message):
             load_config(None, [f"teacher.classes={bad}"])
+
+
+SUGGESTED = re.compile(r"teacher\.classes=(\[[^\]]*\]|\{[^}]*\})")
+"""A value a class message tells the user to give teacher.classes."""
+
+
+def _follow(student: list[str], teacher: list[str], pairs: dict[str, str] | None,
+            declared: bool) -> tuple[list[int] | None, int]:
+    """class_index after following each message's teacher.classes=..., as a user would (the
+    value read as the command line reads it); the index and how many fixes it took."""
+    for fixes in range(4):
+        try:
+            return class_index(student, teacher, pairs, "T", declared), fixes
+        except ConfigError as err:
+            found = SUGGESTED.search(str(err))
+            if found is None:
+                raise
+            value = load_config(None, [f"teacher.classes={found[1]}"]).teacher.classes
+            # a teacher whose names are a declared list takes no mapping, a named one no list
+            assert isinstance(value, list) == declared, str(err)
+            teacher, pairs = (value, None) if isinstance(value, list) else (teacher, value)
+    raise AssertionError("still refused after 3 fixes")
+
+
+@pytest.mark.parametrize(("student", "teacher", "pairs", "declared", "outcome"), [
+    (["airplane", "cat", "dog"], ["dog", "cat", "frog"], None, True, [2, 1, 0]),
+    (["airplane", "cat", "dog"], ["dog", "cat", "frog"], None, False, [2, 1, 0]),
+    (["a", "b", "c", "d", "e"], ["v", "w", "x", "y", "z"], None, False, None),
+    (["a", "b", "c", "d", "e"], ["v", "w", "x", "y", "z"], None, True, None),
+    (["007", "true", "cat"], ["cat", "dog", "1.5"], None, True, [1, 2, 0]),
+    (["c0", "c1", "c2"], ["c0", "c1", "c3"], {"c0": "c3"}, False, [2, 1, 0]),
+    (["c0", "c1"], ["c0", "c1", "c3", "c4"], None, False, [0, 1]),
+    (["c0", "c1", "c2"], ["c0", "c1", "c3", "c4"], None, False, [0, 1, 2]),
+    # no pairing works: the message gives no teacher.classes to follow
+    (["c0", "c1"], ["c0", "c1", "c3"], None, True, "which a list of its names in "
+                                                  "teacher.classes cannot drop: distil a"),
+    (["a", "b", "c"], ["a", "x"], None, False, "it has 2 classes for the student's 3, so no"),
+    (["a", "b", "c"], ["a", "x"], {"a": "a"}, False, "2 student classes have none, and 1 of "
+                                                     "the teacher's are left to pair them"),
+    (["a", "b", "c"], ["a", "b"], None, True, "it has no logit for c: distil"),
+])
+def test_every_fix_a_class_message_spells_out_is_accepted_when_followed(
+        student: list[str], teacher: list[str], pairs: dict[str, str] | None, declared: bool,
+        outcome: list[int] | str | None) -> None:
+    if not isinstance(outcome, str):
+        assert _follow(student, teacher, pairs, declared) == (outcome, 1)
+        return
+    with pytest.raises(ConfigError, match=outcome) as err:
+        _follow(student, teacher, pairs, declared)
+    assert "teacher.classes=" not in str(err.value)
+
+
+def test_a_declared_list_of_names_is_corrected_as_a_list_that_is_then_accepted(
+        tmp_path: Path) -> None:
+    module = Recorder()
+    names = [*map(str, range(9)), "nine"]  # the teacher's last logit named otherwise
+    with pytest.raises(ConfigError, match=r"name them as the student does: teacher\.classes="
+                                          r"\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]") as err:
+        build_setup(_short(tmp_path, "a", "kd", f"teacher.classes=[{', '.join(names)}]"),
+                    teacher=module)
+    advice = SUGGESTED.search(str(err.value))
+    assert advice is not None and "{" not in str(err.value).split("; its logits")[1]
+    followed = _short(tmp_path, "b", "kd", f"teacher.classes={advice[1]}")
+    x = torch.rand(4, 1, 8, 8)
+    logits, _ = _teacher_logits(followed, x, teacher=module)
+    assert torch.equal(logits, module.eval()(x))
 
 
 def test_a_teacher_with_the_students_classes_in_another_order_is_reordered(

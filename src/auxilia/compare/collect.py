@@ -160,7 +160,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
     hand = [read_run(p) for p in loose]
     _label_by_config(hand)
     records += hand
-    variants += [r.variant for r in hand if r.variant not in variants]
+    variants += [v for v in dict.fromkeys(r.variant for r in hand) if v not in variants]
     _check_unique(records)
     if not records:
         raise FileNotFoundError(f"{', '.join(str(p) for p in paths)}: no runs to report (the "

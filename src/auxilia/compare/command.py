@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from auxilia.engine.signals import StopFlag
+
 __all__ = ["add_compare", "add_report"]
 
 
@@ -92,16 +94,18 @@ def _compare(args: argparse.Namespace) -> int:
             import dataclasses
 
             sweep = dataclasses.replace(sweep, **options)
-    try:
-        outcome = run_sweep(sweep, workers=args.workers)
-    except KeyboardInterrupt as err:
-        print(f"{str(err) or 'SIGINT'} received: sweep {sweep.name!r} stopped "
-              f"({sweep_folder(sweep)}: finished runs are kept, a stopped run resumes from its "
-              "last.pt). Resume with: "
-              + shlex.join(["auxilia", *getattr(args, "argv", ["compare", args.target])]),
-              file=sys.stderr, flush=True)
-        raise
-    code = _write([outcome.folder], None, sweep.baseline, sweep.k)
+    resume = shlex.join(["auxilia", *getattr(args, "argv", ["compare", args.target])])
+    # a signal at any moment, the report's writing included, stops here with its exit status
+    with StopFlag() as stop:
+        try:
+            outcome = run_sweep(sweep, workers=args.workers)
+        except KeyboardInterrupt as err:
+            print(f"{str(err) or 'SIGINT'} received: sweep {sweep.name!r} stopped "
+                  f"({sweep_folder(sweep)}: finished runs are kept, a stopped run resumes from "
+                  f"its last.pt). Resume with: {resume}", file=sys.stderr, flush=True)
+            raise
+        code = _write([outcome.folder], None, sweep.baseline, sweep.k)
+        _stopped_after_report(stop, f"Resume with: {resume}")
     if outcome.failed:
         for key, error in outcome.failed.items():
             print(f"failed: {key}: {error}", file=sys.stderr)
@@ -111,7 +115,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     _positive(args, "k")
-    return _write(args.paths, Path(args.out) if args.out else None, args.baseline, args.k)
+    with StopFlag() as stop:  # the report's files are written whole before a signal stops it
+        code = _write(args.paths, Path(args.out) if args.out else None, args.baseline, args.k)
+        _stopped_after_report(stop, "")
+    return code
+
+
+def _stopped_after_report(stop: StopFlag, then: str) -> None:
+    """Raise :class:`Interrupted` for a signal that came while the report was written."""
+    if stop.requested:
+        print(f"{stop.name} received: the report was finished first, then stopped. {then}"
+              .rstrip(), file=sys.stderr, flush=True)
+        stop.check()
 
 
 def _write(paths: list[Any], out: Path | None, baseline: str | None, k: int | None) -> int:

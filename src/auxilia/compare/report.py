@@ -11,7 +11,7 @@ from pathlib import Path
 from auxilia.compare.collect import Collection, RunRecord
 from auxilia.compare.plots import write_plots
 from auxilia.compare.tables import markdown, runs_csv, variant_figures, variants_csv
-from auxilia.engine.checkpoint import atomic_write
+from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
 from auxilia.engine.owned import MARKERS, OwnedFolder
 
 __all__ = ["MARKER", "REPORT_FILES", "describe_setting", "report_owner", "write_report"]
@@ -51,6 +51,8 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
     folder = report_owner(out)
     folder.check()
     folder.create()
+    for stale in out.glob(TEMPORARY_GLOB):  # left by a write that was killed (kill -9)
+        stale.unlink(missing_ok=True)
     rows = variant_figures(collection, k, baseline)
     texts = {"results.md": markdown(rows, baseline, k, describe_setting(collection, k)),
              "results.csv": variants_csv(rows), "runs.csv": runs_csv(collection, k)}
@@ -59,9 +61,11 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
         data = text.encode()
         atomic_write(out / name, lambda f, data=data: f.write(data))
         written.append(out / name)
+    plots = write_plots(collection, out)
     for stale in REPORT_FILES[3:]:  # a plot that has nothing to draw now must not linger
-        (out / stale).unlink(missing_ok=True)
-    return written + write_plots(collection, out)
+        if out / stale not in plots:
+            (out / stale).unlink(missing_ok=True)
+    return written + plots
 
 
 def report_owner(out: Path) -> OwnedFolder:

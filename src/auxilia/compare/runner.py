@@ -36,7 +36,7 @@ from auxilia.data.raw import RawData
 from auxilia.data.sources import load_dataset, read_source, source_key
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.owned import OwnedFolder
-from auxilia.engine.signals import Interrupted, StopFlag
+from auxilia.engine.signals import STOP_SIGNALS, Interrupted, StopFlag
 
 __all__ = ["DataCache", "SweepOutcome", "run_sweep"]
 
@@ -200,10 +200,18 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
     for _ in range(workers):
         tasks.put(None)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker, args=(tasks, events, threads, os.getpid()),
+    stopping = ctx.Event()  # set before the signal is forwarded: no worker starts a new run
+    procs = [ctx.Process(target=_worker, args=(tasks, events, threads, os.getpid(), stopping),
                          daemon=False) for _ in range(workers)]
-    for p in procs:
-        p.start()
+    # a worker starts with the stop signals blocked (the mask survives fork and exec) and
+    # unblocks them once its own flag handles them: a Ctrl-C to the terminal's whole group
+    # while it imports never kills it half-way; the parent's own signal waits, not lost
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     pending = set(todo)
     try:
         while pending:
@@ -211,7 +219,7 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
             try:
                 kind, i, payload = events.get(timeout=0.5)
             except queue.Empty:
-                if not any(p.is_alive() for p in procs):
+                if not any(p.is_alive() for p in procs) and not stop.requested:
                     _last_words(events, record, progress, pending)  # sent just before the end
                     for j in sorted(pending):  # a worker died without a word (killed, OOM)
                         record.set(j, "failed", "the worker process ended without a result")
@@ -223,6 +231,7 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
         signum = getattr(err, "signum", None) or stop.signum or signal.SIGINT
         progress.message(f"{signal.Signals(signum).name} received: each running run writes its "
                          "last.pt; run the sweep again to continue")
+        stopping.set()
         _signal(procs, signum)
         _drain(events, procs, record, progress, pending)
         raise Interrupted(signum) from None
@@ -270,9 +279,10 @@ def _drain(events: Any, procs: Sequence[Any], record: SweepRecord, progress: Swe
                 p.kill()
             break
     _last_words(events, record, progress, pending)
-    for i in pending:
-        if record.status[i] == "running":
-            record.set(i, "interrupted")
+    for i in pending:  # a worker that ended without a word: its run stopped, or never began
+        if record.status[i] in ("running", "failed"):
+            resumable = record.plans[i].folder.last.is_file()
+            record.set(i, "interrupted" if resumable else "pending")
 
 
 def _last_words(events: Any, record: SweepRecord, progress: SweepProgress,
@@ -285,7 +295,7 @@ def _last_words(events: Any, record: SweepRecord, progress: SweepProgress,
             break
 
 
-def _worker(tasks: Any, events: Any, threads: int, parent: int) -> None:
+def _worker(tasks: Any, events: Any, threads: int, parent: int, stopping: Any) -> None:
     """A worker process: train runs from ``tasks`` until a None or a stop request, reporting
     on ``events``. It stops like the parent on SIGINT/SIGTERM, and by itself (writing its
     run's ``last.pt``) when the parent dies without a word (``kill -9``)."""
@@ -297,8 +307,10 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = DataCache()
     with StopFlag() as stop:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent
         _watch_parent(parent, events)
-        while not stop.requested and (task := tasks.get()) is not None and not stop.requested:
+        while not _stopping(stop, stopping) and (task := tasks.get()) is not None \
+                and not _stopping(stop, stopping):
             i, raw, status, has_best = task
             last = [0.0]
 
@@ -318,6 +330,10 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int) -> None:
                 events.put(("failed", i, f"{type(err).__name__}: {err}"))
                 continue
             events.put(("finished", i, None))
+
+
+def _stopping(stop: StopFlag, stopping: Any) -> bool:
+    return stop.requested or stopping.is_set()
 
 
 def _watch_parent(parent: int, events: Any) -> None:

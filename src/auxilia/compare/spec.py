@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
 from auxilia.config import read_yaml as _read_yaml
@@ -25,6 +25,7 @@ from auxilia.config_errors import describe
 from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.runstatus import Status, config_differences, folder_status
 from auxilia.paths import regular_file
+from auxilia.strict import Strict
 from auxilia.yamlio import load_value
 
 __all__ = ["PlannedRun", "Sweep", "SweepError", "Variant", "load_sweep", "plan_sweep",
@@ -108,22 +109,19 @@ class PlannedRun:
 # --------------------------------------------------------------------------- the file
 
 
-class _VariantFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _VariantFile(Strict):
     label: str
     folder: str | None = None
     method: Any = None
     overrides: list[str] = Field(default_factory=list)
 
 
-class _BudgetFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _BudgetFile(Strict):
     epochs: float | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, ge=1)
 
 
-class _SweepFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SweepFile(Strict):
     name: str
     base: str | None = Field(default=None, description="relative to the sweep file")
     overrides: list[str] = Field(default_factory=list)
@@ -144,6 +142,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     """
     path = regular_file(path, "sweep file", SweepError)
     raw = _read_yaml(path)
+    if "rounds" in raw and "variants" not in raw:
+        raise SweepError(f"{path} is a pipeline file (it has rounds), not a sweep file: run it "
+                         f"with auxilia rounds {path}")
     if "variants" not in raw and set(raw) & set(Config.model_fields):
         raise SweepError(f"{path} is a training config, not a sweep file: compare methods on "
                          f"it with auxilia compare {path} --methods a,b,[c,d] --seeds 3, or "
@@ -313,6 +314,9 @@ def _run_config(sweep: Sweep, variant: Variant, seed: int) -> Config:
     try:
         for item in sweep.overrides:
             apply_override(raw, with_seed(item, seed))
+    except ConfigError as err:
+        raise SweepError(f"the sweep's overrides (for every variant): {err}") from None
+    try:
         if variant.method is not None:
             raw["method"] = copy.deepcopy(variant.method)
         for item in (*variant.overrides, f"seed={seed}", *budget):

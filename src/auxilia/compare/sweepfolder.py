@@ -17,6 +17,7 @@ from typing import Any
 
 from auxilia.compare.collect import SWEEP_FILE
 from auxilia.compare.spec import PlannedRun, Sweep, SweepError
+from auxilia.config import ConfigError, apply_override
 from auxilia.engine import state as run_state
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runfolder import RunFolderError
@@ -44,15 +45,15 @@ def check_same_sweep(folder: Path, sweep: Sweep) -> None:
     except (OSError, ValueError) as err:
         raise SweepError(f"{folder / SWEEP_FILE} cannot be read ({err}); it records the "
                          "sweep's runs: restore it, or give the sweep another name") from None
-    if not isinstance(old, dict):
-        raise SweepError(f"{folder / SWEEP_FILE} is not a sweep record; give the sweep "
-                         "another name")
+    if not isinstance(old, dict) or not isinstance(old.get("runs"), list):
+        raise SweepError(f"{folder / SWEEP_FILE} is not a sweep record auxilia wrote; give the "
+                         "sweep another name (name: in the sweep file, --name)")
     new = _record_fields(sweep)
     problems = []
     if old.get("budget", {}) != new["budget"]:
         problems.append(f"budget: the folder's runs have {old.get('budget')}, this sweep "
                         f"gives {new['budget']}")
-    if _results(old.get("overrides", [])) != _results(new["overrides"]):
+    if _effect(old.get("overrides", [])) != _effect(new["overrides"]):
         problems.append(f"overrides: the folder's sweep has {old.get('overrides')}, this one "
                         f"{new['overrides']}")
     definitions = old.get("definitions") or {}
@@ -63,7 +64,7 @@ def check_same_sweep(folder: Path, sweep: Sweep) -> None:
     for label, was in definitions.items():
         now = json.loads(json.dumps(new["definitions"].get(label), default=str))
         if now is not None and was != now:
-            problems.append(f"variant {label!r} was {was}, this sweep defines {now}")
+            problems.append(_redefined(label, was, now))
     seeds = [s for s in old.get("seeds", []) if s not in new["seeds"]]
     if seeds:
         problems.append(f"seeds {', '.join(map(str, seeds))} are recorded but not in this sweep")
@@ -73,10 +74,27 @@ def check_same_sweep(folder: Path, sweep: Sweep) -> None:
                          "variants or seeds is fine), or give this sweep another name")
 
 
-def _results(overrides: Sequence[str]) -> list[str]:
-    """The overrides that change results (``train.device=cpu`` does not)."""
-    return [o for o in overrides
-            if not o.partition("=")[0].strip().startswith(run_state.RESUMABLE_CHANGES)]
+def _effect(overrides: Any) -> dict[str, Any] | None:
+    """What the overrides set, in the keys that change results (``train.device=cpu`` does not;
+    the order of overrides of different keys does not matter)."""
+    raw: dict[str, Any] = {}
+    try:
+        for item in overrides:
+            apply_override(raw, str(item))
+    except (ConfigError, TypeError):
+        return None  # a record that cannot be read this way differs
+    return {k: v for k, v in run_state.flatten(raw).items()
+            if not k.startswith(run_state.RESUMABLE_CHANGES)}
+
+
+def _redefined(label: str, was: dict[str, Any], now: dict[str, Any]) -> str:
+    if {k: v for k, v in was.items() if k != "folder"} == \
+            {k: v for k, v in now.items() if k != "folder"}:
+        return (f"variant {label!r} keeps its runs in folder {was.get('folder')!r} and would now "
+                f"get {now.get('folder')!r} (another label makes the same folder name): set "
+                f"folder: {was.get('folder')} on variant {label!r}, or another folder: on the "
+                "new variant")
+    return f"variant {label!r} was {was}, this sweep defines {now}"
 
 
 def check_run_folders(plans: Sequence[PlannedRun]) -> None:

@@ -30,7 +30,7 @@ from auxilia.data.folders import load_csv, load_folder
 from auxilia.data.hygiene import clean_raw
 from auxilia.data.identity import identity
 from auxilia.data.raw import DataError, RawData
-from auxilia.data.splits import stratified_split, stratified_subset
+from auxilia.data.splits import small_val_note, stratified_split, stratified_subset
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.unlabeled import check_label_settings, hide_labels, read_unlabeled
 
@@ -353,26 +353,15 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     raw.notes += notes
     origins = {**origins, **hid, "train": origins["train"] + hid["train"]}
     _check_every_class_trains(train, raw.classes, cfg)
-    _note_small_val(val, len(raw.classes), raw.notes)
+    carved = (cfg.val_fraction if raw.val is None else None,  # else the source's own splits
+              cfg.test_fraction_for(has_val=False) if raw.test is None else 0.0)
+    note = small_val_note(len(val), len(raw.classes), *carved)
+    raw.notes += [note] if note else []
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
                          unlabeled=unlabeled, notes=raw.notes, origins=origins)
     data.identity = identity(data, cfg.source)
     return data
-
-
-MIN_VAL_PER_CLASS = 10
-"""Fewer validation images per class than this (on average) make checkpoint selection noisy."""
-
-
-def _note_small_val(val: Split, num_classes: int, notes: list[str]) -> None:
-    if len(val) == 0:
-        notes.append("no validation split: the last evaluation is the selected one")
-    elif len(val) < MIN_VAL_PER_CLASS * num_classes:
-        notes.append(f"val has {len(val)} images for {num_classes} classes "
-                     f"({len(val) / num_classes:.1f} per class): too few to select a checkpoint "
-                     f"reliably; raise data.val_fraction (e.g. 0.2) or add validation images "
-                     f"(at least {MIN_VAL_PER_CLASS} per class)")
 
 
 def describe_splits(data: DatasetSplits) -> list[str]:

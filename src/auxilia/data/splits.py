@@ -7,13 +7,14 @@ original sample order. Work is vectorised; the only Python loops run over classe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["SplitError", "labeled_fraction", "labeled_unlabeled", "stratified_split",
-           "stratified_subset"]
+__all__ = ["MIN_VAL_PER_CLASS", "SplitError", "labeled_fraction", "labeled_unlabeled",
+           "small_val_note", "stratified_split", "stratified_subset"]
 
 
 class SplitError(ValueError):
@@ -225,3 +226,43 @@ def _check_counts(counts: torch.Tensor, need: int, class_names: Sequence[str] | 
     more = f" ({len(short) - 1} more classes are short too)" if len(short) > 1 else ""
     raise SplitError(f"{setting} but class {name} has only {int(counts[c])} training "
                      f"samples{more}; {fix}")
+
+
+MIN_VAL_PER_CLASS = 10
+"""Fewer validation images per class than this (on average) make checkpoint selection noisy."""
+MAX_CARVED_SHARE = 0.5
+"""A val_fraction the small-val note suggests leaves training at least this share of the
+samples (val and a carved test together take at most the rest)."""
+
+
+def small_val_note(val_count: int, num_classes: int, val_fraction: float | None,
+                   test_share: float = 0.0) -> str | None:
+    """A note when the validation split is empty or too small to select a checkpoint on.
+
+    Args:
+        val_count: images in the validation split.
+        num_classes: classes of the data.
+        val_fraction: ``data.val_fraction`` when val was carved from train with it; None when
+            the source gave its own val split (the fraction then changes nothing).
+        test_share: the share of the samples carved as test beside val (0 when the source
+            has its own test split).
+
+    Returns:
+        The note, or None when val is large enough. It suggests a larger ``val_fraction``
+        only when one gives about :data:`MIN_VAL_PER_CLASS` images per class and keeps
+        training at least :data:`MAX_CARVED_SHARE` of the samples.
+    """
+    if val_count == 0:
+        return "no validation split: the last evaluation is the selected one"
+    wanted = MIN_VAL_PER_CLASS * num_classes
+    if val_count >= wanted:
+        return None
+    fix = f"add validation images (at least {MIN_VAL_PER_CLASS} per class)"
+    if val_fraction:  # val grows with the fraction: scale it, rounded up to a hundredth
+        larger = max(math.ceil(val_fraction * wanted / val_count * 100) / 100,
+                     round(val_fraction + 0.01, 2))
+        if larger + test_share <= MAX_CARVED_SHARE:
+            fix = f"raise data.val_fraction (e.g. {larger:g}) or {fix}"
+    return (f"val has {val_count} images for {num_classes} classes "
+            f"({val_count / num_classes:.1f} per class): too few to select a checkpoint "
+            f"reliably; {fix}")

@@ -16,6 +16,7 @@ the folders ``auxilia compare``, ``auxilia rounds`` and ``auxilia report`` write
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -29,10 +30,11 @@ from auxilia.engine.runfolder import (
     REPLACED_PREFIX,
     RunFolderError,
     RunLock,
+    RunLockedError,
     is_run_folder,
 )
 
-__all__ = ["MARKERS", "OwnedFolder", "enclosing_run", "folder_kind"]
+__all__ = ["MARKERS", "OwnedFolder", "check_not_in_busy_folder", "enclosing_run", "folder_kind"]
 
 MARKERS = {"run": MARKER, "sweep": ".auxilia-sweep", "pipeline": ".auxilia-pipeline",
            "report": ".auxilia-report"}
@@ -56,14 +58,72 @@ def enclosing_run(path: Path) -> Path | None:
     return None
 
 
+def _enclosing(path: Path, kinds: tuple[str, ...]) -> tuple[str, Path] | None:
+    """The nearest folder above ``path`` (resolved) that is of one of ``kinds``."""
+    for folder in Path(os.path.realpath(path.expanduser())).parents:
+        kind = folder_kind(folder)
+        if kind in kinds:
+            return kind, folder
+    return None
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (a file)."""
+    for folder in path.parents:
+        if folder.exists() or folder.is_symlink():
+            return None if folder.is_dir() else folder
+    return None
+
+
 def _holds_key(path: Path, key: str | None) -> bool:
-    """Whether ``path`` is a JSON object holding ``key`` (a record auxilia wrote)."""
+    """Whether ``path`` is a JSON object holding the list ``key`` (a record auxilia wrote)."""
     if key is None:
         return False
     try:
-        return key in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
         return False
+    return isinstance(record, dict) and isinstance(record.get(key), list)
+
+
+def check_not_in_busy_folder(run_path: Path) -> None:
+    """Refuse a run in a sweep or pipeline folder that another process is running.
+
+    The process running the sweep (its runs, its workers) may; anyone else would write a run
+    folder the sweep or pipeline is about to train, or is planning around.
+
+    Raises:
+        RunLockedError: naming the folder and the process that holds it.
+    """
+    found = _enclosing(run_path, ("sweep", "pipeline"))
+    if found is None:
+        return
+    kind, folder = found
+    try:
+        fd = os.open(folder.with_name(f".{folder.name}.lock"), os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody runs it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return
+    except OSError:
+        holder = _holder_pid(fd)
+    finally:
+        os.close(fd)
+    if holder in (os.getpid(), os.getppid()):
+        return  # the sweep's own run, in this process or in one of its workers
+    lock = RunLock(folder, what=f"{kind} folder")
+    raise RunLockedError(f"run folder {run_path} is in the {kind} folder {folder}, which is in "
+                         f"use by {lock.holder()}; wait for it to finish, or set run.dir "
+                         "outside it")
+
+
+def _holder_pid(fd: int) -> int | None:
+    try:
+        return int(json.loads(os.pread(fd, 65536, 0))["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class OwnedFolder:
@@ -72,7 +132,7 @@ class OwnedFolder:
     Args:
         path: the folder.
         kind: ``sweep``, ``pipeline`` or ``report``.
-        own_files: the files auxilia writes at its top level, each with the key its JSON
+        own_files: the files auxilia writes at its top level, each with the list its JSON
             object holds (``{"sweep.json": "runs"}``), to recognise a folder made before
             markers existed; None: such a folder is never taken without its marker (report
             folders always carried one).
@@ -100,11 +160,16 @@ class OwnedFolder:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise RunFolderError(f"{self.what} {path} exists and is not a folder (a file or a "
                                  f"link); {self.hint}")
+        blocking = _blocking_file(path)
+        if blocking is not None:
+            raise RunFolderError(f"{self.what} {path} cannot be made: {blocking} is a file, not "
+                                 f"a folder; {self.hint}")
         run = enclosing_run(path)
         if run is not None:
             where = "is" if run == Path(os.path.realpath(path)) else "would be inside"
             raise RunFolderError(f"{self.what} {path} {where} the run folder {run}; "
                                  f"{self.hint}")
+        self._check_not_nested()
         if not path.is_dir() or not any(path.iterdir()):
             return
         kind = folder_kind(path)
@@ -118,6 +183,19 @@ class OwnedFolder:
                                                if len(foreign) > 6 else "")
             raise RunFolderError(f"{path} exists and auxilia did not make it as a {self.what} "
                                  f"(it holds {shown}); {self.hint}")
+
+    def _check_not_nested(self) -> None:
+        """Sweeps and pipelines never lie inside one another; a report may sit directly in a
+        sweep folder (its ``results/``), nowhere deeper in a sweep or in a pipeline."""
+        outer = _enclosing(self.path, ("sweep", "pipeline"))
+        if outer is None:
+            return
+        kind, folder = outer
+        here = Path(os.path.realpath(self.path.expanduser()))
+        if self.kind == "report" and kind == "sweep" and here.parent == folder:
+            return
+        raise RunFolderError(f"{self.what} {self.path} would be inside the {kind} folder "
+                             f"{folder}, among the runs it owns; {self.hint}")
 
     def foreign_entries(self) -> list[str]:
         """What in the folder auxilia would not have written there (sorted names)."""

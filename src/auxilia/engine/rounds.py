@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from auxilia.config import Config, ConfigError, apply_override, parse_config
 from auxilia.config import read_yaml as _read_yaml
@@ -42,6 +42,7 @@ from auxilia.engine.runstatus import (
 )
 from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.paths import regular_file
+from auxilia.strict import Strict
 
 __all__ = ["Pipeline", "PlannedRound", "Round", "RoundFailedError", "RoundResult", "RoundsError",
            "config_differences", "folder_status", "load_pipeline", "plan_pipeline",
@@ -118,14 +119,12 @@ class RoundResult:
 # --------------------------------------------------------------------------- the file
 
 
-class _RoundFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _RoundFile(Strict):
     name: str
     overrides: list[str] = Field(default_factory=list)
 
 
-class _PipelineFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _PipelineFile(Strict):
     name: str
     base: str | None = Field(default=None, description="relative to the pipeline file")
     overrides: list[str] = Field(default_factory=list)
@@ -145,6 +144,12 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     """
     path = regular_file(path, "pipeline file", RoundsError)  # named as such when missing
     raw = _read_yaml(path)
+    if "variants" in raw and "rounds" not in raw:
+        raise RoundsError(f"{path} is a sweep file (it has variants), not a pipeline file: run "
+                          f"it with auxilia compare {path}")
+    if "rounds" not in raw and set(raw) & set(Config.model_fields):
+        raise RoundsError(f"{path} is a training config, not a pipeline file (it has no "
+                          f"rounds): train it with auxilia train {path}")
     try:
         spec = _PipelineFile.model_validate(raw)
     except ValidationError as err:
@@ -286,6 +291,7 @@ def _checked(pipeline: Pipeline, callbacks: Mapping[str, Sequence[Callback]] | N
                           f"{pipeline.name!r}")
     if not resume:
         _refuse_existing(pipeline.name, plans)
+    _refuse_nested(plans)
     # a round may set its own run.dir: each folder that holds rounds is the pipeline's
     owners = [pipeline_owner(p) for p in dict.fromkeys(p.folder.path.parent for p in plans)]
     for owner in owners:
@@ -295,6 +301,18 @@ def _checked(pipeline: Pipeline, callbacks: Mapping[str, Sequence[Callback]] | N
         if problem:
             raise RoundsError(problem)
     return owners
+
+
+def _refuse_nested(plans: Sequence[PlannedRound]) -> None:
+    """Refuse a round whose folder would lie inside another round's run folder (a round's
+    ``run.dir={first}``): a run folder holds nothing but its own files."""
+    folders = {p.round.name: p.folder.path.resolve() for p in plans}
+    for name, folder in folders.items():
+        for other, outer in folders.items():
+            if other != name and outer in folder.parents:
+                raise RoundsError(f"round {name!r}: its folder {folder} would be inside the run "
+                                  f"folder of round {other!r}; give it a run.dir outside "
+                                  f"{outer} (a run folder holds only its own files)")
 
 
 def _run_rounds(name: str, plans: Sequence[PlannedRound],

@@ -26,6 +26,7 @@ from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
 from auxilia.engine.loop import Callback, run_loop
+from auxilia.engine.owned import check_not_in_busy_folder
 from auxilia.engine.runidentity import check_same_run, checkpoint_run_id
 from auxilia.engine.runlog import MetricsLog, RunFolder
 from auxilia.engine.selection import best_on_val, per_model_records
@@ -100,6 +101,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
     config, choice = resolve_for(config, data, pick_device(config.train.device))
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
     check_not_own_teacher(config.teacher, folder.path)  # before anything is written
+    check_not_in_busy_folder(folder.path)  # a sweep's or pipeline's, run by another process
     if not resume:
         folder.check(resume=False, overwrite=overwrite)  # read-only: fail before any work
         if overwrite and folder.path.is_dir():  # a teacher replaced under its student

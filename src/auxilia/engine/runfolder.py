@@ -309,7 +309,7 @@ class RunLock:
             except OSError:
                 os.close(fd)
                 raise RunLockedError(
-                    f"{self.what} {self.run_path} is in use by {self._holder()}; wait for that "
+                    f"{self.what} {self.run_path} is in use by {self.holder()}; wait for that "
                     + ("run to finish or stop it, or set run.name for a new run"
                        if self.what == "run folder" else "process to finish or stop it")
                     ) from None
@@ -330,7 +330,7 @@ class RunLock:
                 pass  # e.g. a full disk: the lock itself holds; the message names the file
         return self
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
         try:
             info = json.loads(self.path.read_text())
             return (f"process {info['pid']} on {info['host']} (started {info['started']}: "

@@ -94,8 +94,9 @@ def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> 
     names = ident.get("classes")
     if names and isinstance(cfg.classes, list):
         raise ConfigError(f"teacher.classes lists class names, and teacher.run {path} records "
-                          f"its own ({shown_names(names)}): to pair them with the student's, give "
-                          "a mapping student class: teacher class instead (e.g. {c2: c3})")
+                          f"its own ({shown_names(names)}): leave teacher.classes out to pair "
+                          "them with the student's by name, or give a mapping student class: "
+                          "teacher class for names that differ")
     shape = tuple(ident.get("image_shape") or data.image_shape)
     classes = len(ident.get("classes") or data.classes)
     with torch.random.fork_rng(devices=[]):  # the teacher's build never moves the run's RNG
@@ -209,7 +210,8 @@ def _class_order(cfg: TeacherConfig | None, names: list[str] | None, data: Datas
     if width is not None and len(names) != width:
         raise ConfigError(f"teacher.classes lists {len(names)} class names, and the teacher "
                           f"({source}) gives {width} logits; list one name per logit, in order")
-    index = class_index(data.classes, names, pairs, source)
+    declared = cfg is not None and isinstance(cfg.classes, list)  # names is that list
+    index = class_index(data.classes, names, pairs, source, declared)
     return index, class_note(data.classes, names, index)
 
 
