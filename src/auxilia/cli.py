@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -134,6 +135,8 @@ def _train(args: argparse.Namespace) -> int:
                              "--overwrite are for single runs")
         args.pipeline, args.items = path, items
         return _rounds(args)
+    if args.resume is not None and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     if args.resume and path is None:
         from auxilia.engine.resume_config import resume_config
 
@@ -217,10 +220,10 @@ def _fmt(value: float | None) -> str:
 
 def _thresholds(text: str) -> list[float]:
     try:
-        values = [float(t) for t in text.split(",") if t.strip()]
+        values = [float(t) for t in text.split(",")]
     except ValueError:
         values = []
-    if not values or any(v < 0 for v in values):
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise argparse.ArgumentTypeError(
             f"--thresholds wants comma-separated numbers >= 0 like 0.5,0.9,1, got {text!r}")
     return values
@@ -240,7 +243,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.latency_batch < 1:
         raise ValueError(f"--latency-batch must be >= 1, got {args.latency_batch}")
-    out = args.out or run_folder_of(args.path)
+    own = run_folder_of(args.path)
+    out = args.out or own
+    _refuse_another_runs_folder(Path(out), own)
     names = report_names(checkpoint_label(args.path, args.checkpoint))
     report_paths(out, args.overwrite, names)  # refuse before the evaluation, not after it
     splits = ("val", "test") if args.split == "both" else (args.split,)
@@ -258,6 +263,17 @@ def _eval(args: argparse.Namespace) -> int:
     json_path, png_path = write_report(report, out, args.overwrite)
     console.print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def _refuse_another_runs_folder(out: Path, own: Path) -> None:
+    """``eval --out`` never writes into another run's folder (its anytime files are its own)."""
+    from auxilia.engine.owned import enclosing_run
+
+    run = enclosing_run(out)
+    if run is not None and run != own.resolve():
+        raise ValueError(f"--out {out} is inside the run folder {run}, another run than {own}: "
+                         f"its anytime files are that run's; leave --out out (the report goes "
+                         f"to {own}) or choose a folder outside run folders")
 
 
 def _exit_table(report: dict, title: str) -> Table:

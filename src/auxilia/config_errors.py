@@ -304,3 +304,15 @@ def _bounds(metadata: list[Any]) -> str:
     if high:
         return f" {'<=' if high[1] == ']' else '<'} {high[0]}"
     return ""
+
+
+def repeated_override(items: list[str]) -> str | None:
+    """``KEY is set twice ('a', then 'b'); keep one`` for the first key two items of one list
+    set (the last would win without a word), else None."""
+    first: dict[str, str] = {}
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if key in first:
+            return f"{key} is set twice ({first[key]!r}, then {item!r}); keep one"
+        first[key] = item
+    return None

@@ -267,3 +267,41 @@ def test_a_bool_for_a_number_in_a_sweep_file_is_refused(tmp_path: Path) -> None:
                                          r">= 1 or null, got true\)\n  workers: must be a whole "
                                          r"number \(expected int >= 1, got true\)"):
         load_sweep(path)
+
+
+def test_report_refuses_runs_tested_on_different_data(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    digits = train(load_config(None, [f"run.dir={tmp_path}", "run.name=d", "run.progress=off",
+                                      *TINY])).run_dir
+    other = train(load_config(None, [f"run.dir={tmp_path}", "run.name=o", "run.progress=off",
+                                     *TINY, "data.split_seed=1", "optim.lr=0.01"])).run_dir
+    with pytest.raises(ValueError, match=f"{digits} and {other} were tested on different data"):
+        write_report(collect([digits, other]), tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
+    sweep = run_sweep(_sweep(tmp_path / "sw"), display=False).folder
+    assert cli(["report", str(sweep), str(digits)]) == 2
+    assert "are two runs of 'supervised' at seed 0: a report holds one run per variant and " \
+           "seed; report them separately" in capsys.readouterr().err
+
+
+def test_sweep_and_pipeline_files_refuse_a_key_set_twice_and_a_missing_teacher(
+        tmp_path: Path) -> None:
+    from auxilia.engine.rounds import RoundsError, load_pipeline
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\noverrides: [optim.lr=0.1, optim.lr=0.2]\n"
+                     "variants: [{label: a, method: supervised}]\n")
+    with pytest.raises(SweepError, match=r"overrides: optim.lr is set twice \('optim.lr=0.1', "
+                                         r"then 'optim.lr=0.2'\); keep one"):
+        load_sweep(sweep)
+    pipeline = tmp_path / "pipe.yaml"
+    pipeline.write_text("name: p\nrounds: [{name: a, overrides: [seed=1, seed=2]}]\n")
+    with pytest.raises(RoundsError, match=r"round 'a' overrides: seed is set twice"):
+        load_pipeline(pipeline)
+    kd = quick_sweep(None, "kd", 2, [f"run.dir={tmp_path}", *TINY,
+                                     f"teacher.run={tmp_path}/teachers/seed{{seed}}"], name="kd")
+    (tmp_path / "teachers" / "seed0").mkdir(parents=True)  # only seed 0 has a teacher
+    with pytest.raises(SweepError, match=rf"variant 'kd' seed 1: teacher.run={tmp_path}/"
+                                         rf"teachers/seed1: no such run folder or checkpoint"):
+        run_sweep(kd, display=False)
+    assert not (tmp_path / "kd").exists()

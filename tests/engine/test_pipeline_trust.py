@@ -40,7 +40,9 @@ def _state(runs: Path, name: str = "pipe") -> dict:
 def _pipeline_file(tmp_path: Path, rounds: list[dict], *extra: str) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "pipe.yaml"
-    path.write_text(yaml.safe_dump({"name": "pipe", "overrides": [f"run.dir={tmp_path}", *TINY,
+    given = {item.partition("=")[0] for item in extra}  # a key once per list: extra wins
+    tiny = [item for item in TINY if item.partition("=")[0] not in given]
+    path.write_text(yaml.safe_dump({"name": "pipe", "overrides": [f"run.dir={tmp_path}", *tiny,
                                                                   *extra], "rounds": rounds}))
     return path
 

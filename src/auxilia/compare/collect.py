@@ -229,8 +229,10 @@ def _check_unique(records: list[RunRecord]) -> None:
     for r in records:
         key = (r.variant, r.seed)
         if key in seen:
-            raise ValueError(f"{seen[key]} and {r.path} are both {r.variant!r} at seed "
-                             f"{r.seed}; give each run once")
+            raise ValueError(f"{seen[key]} and {r.path} are two runs of {r.variant!r} at seed "
+                             f"{r.seed}: a report holds one run per variant and seed; report "
+                             "them separately (auxilia report A, then auxilia report B --out "
+                             "ANOTHER)")
         seen[key] = r.path
 
 

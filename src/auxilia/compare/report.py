@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from auxilia.compare.collect import Collection, RunRecord
 from auxilia.compare.plots import write_plots
@@ -48,6 +50,7 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
         raise ValueError(f"baseline {baseline!r} is not a variant; variants: "
                          + ", ".join(collection.variants))
     k = k or collection.k or 3
+    _check_one_test_split(collection)
     folder = report_owner(out)
     folder.check()
     folder.create()
@@ -66,6 +69,26 @@ def write_report(collection: Collection, out: Path, *, baseline: str | None = No
         if out / stale not in plots:
             (out / stale).unlink(missing_ok=True)
     return written + plots
+
+
+def _check_one_test_split(collection: Collection) -> None:
+    """Refuse runs tested on different test splits or classes: their figures do not compare
+    (a paired difference across two datasets means nothing)."""
+    seen: dict[tuple[Any, ...], Path] = {}
+    for record in collection.records:
+        if record.status != "finished":
+            continue
+        try:
+            ident = json.loads((record.path / "data.json").read_text())["identity"]
+            key = (tuple(ident["classes"]), ident["splits"]["test"]["digest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a run from before data fingerprints: nothing to compare
+        if seen and key not in seen:
+            other = next(iter(seen.values()))
+            raise ValueError(
+                f"{other} and {record.path} were tested on different data (other test images "
+                "or classes): a comparison needs one test split; report them separately")
+        seen.setdefault(key, record.path)
 
 
 def report_owner(out: Path) -> OwnedFolder:

@@ -21,7 +21,7 @@ from pydantic import Field, ValidationError
 
 from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
 from auxilia.config import read_yaml as _read_yaml
-from auxilia.config_errors import describe
+from auxilia.config_errors import describe, repeated_override
 from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.runstatus import Status, config_differences, folder_status
 from auxilia.paths import regular_file
@@ -158,6 +158,11 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     if spec.base is not None:
         base = Path(spec.base).expanduser()
         base = base if base.is_absolute() else path.parent / base
+    for where, items in [("overrides", spec.overrides),
+                         *((f"variant {v.label!r} overrides", v.overrides) for v in spec.variants)]:
+        repeated = repeated_override(items)
+        if repeated:
+            raise SweepError(f"{path}: {where}: {repeated}")
     variants = tuple(Variant(v.label, v.folder or "", v.method, tuple(v.overrides))
                      for v in spec.variants)
     budget = {k: v for k, v in spec.budget.model_dump().items() if v is not None}
@@ -288,6 +293,8 @@ def plan_sweep(sweep: Sweep) -> list[PlannedRun]:
             config = _run_config(sweep, variant, seed)
             folder = RunFolder(Path(config.run.dir) / config.run.name)
             plan = PlannedRun(variant, seed, config, folder, folder_status(config, folder))
+            if plan.status != "skipped":
+                _check_teacher_exists(plan)
             if plan.status != "trained":
                 differ = config_differences(config, folder, "the sweep")
                 if differ:
@@ -297,6 +304,17 @@ def plan_sweep(sweep: Sweep) -> list[PlannedRun]:
                         f"settings, give the variant another folder, or delete {folder.path}")
             plans.append(plan)
     return plans
+
+
+def _check_teacher_exists(plan: PlannedRun) -> None:
+    """A teacher the run will need exists before the sweep starts (a missing seed's teacher
+    would otherwise fail that run after the others trained)."""
+    teacher = plan.config.teacher
+    if teacher is not None and teacher.run is not None and not Path(teacher.run).expanduser(
+            ).exists():
+        raise SweepError(f"variant {plan.variant.label!r} seed {plan.seed}: teacher.run="
+                         f"{teacher.run}: no such run folder or checkpoint; train that teacher "
+                         "first, or fix the path (or the seeds)")
 
 
 def with_seed(item: str, seed: int) -> str:

@@ -110,7 +110,7 @@ def export_target(path: str | Path, fmt: str, out: str | Path | None = None) -> 
         raise ExportError(f"--out {out} must end in {suffix} for --format {fmt}, not "
                           f"{target.suffix} (the description beside it is the .json); use e.g. "
                           f"--out {target.with_suffix(suffix)}")
-    _refuse_run_files(target)
+    _refuse_run_files(target, run_folder_of(path))
     return _checked(target, out)
 
 
@@ -121,14 +121,21 @@ def _checked(target: Path, out: str | Path | None) -> Path:
     return target
 
 
-def _refuse_run_files(target: Path) -> None:
-    """An export (model or sidecar) never replaces a file of a run folder outside ``export/``."""
+def _refuse_run_files(target: Path, own: Path) -> None:
+    """An export (model or sidecar) lands in a run folder only in its own run's ``export/``."""
     from auxilia.engine.runfolder import is_run_folder
 
+    own = own.resolve()
     for file in (target, target.with_suffix(".json")):
         parent = file.resolve().parent
         for run in (parent, parent.parent):
-            if is_run_folder(run) and parent.name != "export" and file.resolve() != run:
+            if not is_run_folder(run) or file.resolve() == run:
+                continue
+            if run != own:
+                raise ExportError(
+                    f"--out {target} would write {file} inside the run folder {run}, another "
+                    f"run's; export to {own / 'export'}/ (the default) or outside run folders")
+            if parent.name != "export":
                 raise ExportError(
                     f"--out {target} would write {file} inside the run folder {run}, next to "
                     f"its own files (checkpoints, config, data fingerprint); export to "

@@ -27,7 +27,7 @@ from pydantic import Field, ValidationError
 
 from auxilia.config import Config, ConfigError, apply_override, parse_config
 from auxilia.config import read_yaml as _read_yaml
-from auxilia.config_errors import describe, suggest
+from auxilia.config_errors import describe, repeated_override, suggest
 from auxilia.engine.loop import Callback
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.pipefolder import PipelineRecord, check_round_folder, pipeline_owner
@@ -159,6 +159,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     if spec.base is not None:
         base = Path(spec.base).expanduser()
         base = base if base.is_absolute() else path.parent / base
+    for where, items in [("overrides", spec.overrides),
+                         *((f"round {r.name!r} overrides", r.overrides) for r in spec.rounds)]:
+        repeated = repeated_override(items)
+        if repeated:
+            raise RoundsError(f"{path}: {where}: {repeated}")
     rounds = tuple(Round(r.name, (*r.overrides, *overrides)) for r in spec.rounds)
     pipeline = Pipeline(spec.name, base, rounds, tuple(spec.overrides))
     check_names(pipeline.name, [r.name for r in pipeline.rounds])

@@ -18,7 +18,6 @@ from torch import nn
 from auxilia.config import ConfigError, parse_config
 from auxilia.data.identity import listing
 from auxilia.data.types import DatasetSplits
-from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.datacheck import read_data_listing
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.teacher_classes import class_index, class_note, shown_names
@@ -84,11 +83,10 @@ def build_teacher(cfg: TeacherConfig | None, data: DatasetSplits, device: torch.
 
 def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> LoadedTeacher:
     """An auxilia run's model, with the training heads its own methods attach."""
-    from auxilia.engine.reload import resolve_checkpoint, run_folder_of_checkpoint  # a cycle
+    from auxilia.engine.reload import run_folder_of_checkpoint  # a cycle
+    from auxilia.engine.teacher_runs import load_teacher_checkpoint
 
-    path = resolve_checkpoint(Path(cfg.run).expanduser(), cfg.checkpoint,  # type: ignore[arg-type]
-                              advice="set teacher.checkpoint={which} to distil {path}")
-    checkpoint = load_checkpoint(path)
+    path, checkpoint = load_teacher_checkpoint(cfg)
     tconf = parse_config(checkpoint["config"])
     ident: dict[str, Any] = checkpoint.get("data") or {}
     names = ident.get("classes")
