@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import annotated_types as at
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ConfigError", "describe", "suggest"]
+__all__ = ["ConfigError", "describe", "repeated_override", "suggest"]
 
 
 class ConfigError(ValueError):

@@ -36,6 +36,7 @@ from auxilia.data.raw import RawData
 from auxilia.data.sources import load_dataset, read_source, source_key
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.owned import OwnedFolder
+from auxilia.engine.runstatus import replaces_failed_start
 from auxilia.engine.signals import STOP_SIGNALS, Interrupted, StopFlag
 
 __all__ = ["DataCache", "SweepOutcome", "run_sweep"]
@@ -139,7 +140,7 @@ def _total_steps(config: Config, data: DatasetSplits) -> int:
     return config.train.steps or max(1, round(float(config.train.epochs or 1) * per_epoch))
 
 
-def _train_one(config: Config, status: str, has_best: bool, cache: DataCache, stop: StopFlag,
+def _train_one(config: Config, status: str, overwrite: bool, cache: DataCache, stop: StopFlag,
                started: Callable[[int], None], step: Callable[[int], None]) -> dict[str, Any]:
     """Train or resume one run; returns its summary."""
     from auxilia.engine.run import train  # here: keeps a worker's import of this module light
@@ -148,8 +149,7 @@ def _train_one(config: Config, status: str, has_best: bool, cache: DataCache, st
     stop.check()  # a signal while the data was read: the run is not started
     started(_total_steps(config, data))
     result = train(config, resume=status == "resumed",
-                   # a folder without any checkpoint is what a run that failed early leaves
-                   overwrite=status == "trained" and not has_best,
+                   overwrite=overwrite,  # replaces_failed_start, decided in the parent
                    callbacks=[lambda s, _losses: step(s)], data=data)
     return result.summary
 
@@ -169,7 +169,8 @@ def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepR
                 on_step(key, s)
 
         try:
-            _train_one(plan.config, plan.status, plan.folder.best.is_file(), cache, stop,
+            _train_one(plan.config, plan.status, replaces_failed_start(plan.status, plan.folder),
+                       cache, stop,
                        lambda total, i=i: progress.start(i, total), step)
         except KeyboardInterrupt:
             record.set(i, "interrupted" if plan.folder.last.is_file() else "pending")
@@ -196,7 +197,8 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
     events: Any = ctx.Queue()
     for i in todo:
         plan = plans[i]
-        tasks.put((i, plan.config.to_dict(), plan.status, plan.folder.best.is_file()))
+        tasks.put((i, plan.config.to_dict(), plan.status,
+                   replaces_failed_start(plan.status, plan.folder)))
     for _ in range(workers):
         tasks.put(None)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -311,7 +313,7 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int, stopping: Any) -
         _watch_parent(parent, events)
         while not _stopping(stop, stopping) and (task := tasks.get()) is not None \
                 and not _stopping(stop, stopping):
-            i, raw, status, has_best = task
+            i, raw, status, overwrite = task
             last = [0.0]
 
             def step(s: int, i: int = i, last: list[float] = last) -> None:
@@ -321,7 +323,7 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int, stopping: Any) -
                     events.put(("step", i, s))
 
             try:
-                _train_one(parse_config(raw), status, has_best, cache, stop,
+                _train_one(parse_config(raw), status, overwrite, cache, stop,
                            lambda total, i=i: events.put(("start", i, total)), step)
             except KeyboardInterrupt:
                 events.put(("interrupted", i, None))

@@ -21,6 +21,7 @@ from auxilia.config import ConfigError, apply_override
 from auxilia.engine import state as run_state
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runfolder import RunFolderError
+from auxilia.engine.runstatus import check_writable
 
 __all__ = ["SweepRecord", "check_run_folders", "check_same_sweep", "sweep_owner"]
 
@@ -101,10 +102,8 @@ def check_run_folders(plans: Sequence[PlannedRun]) -> None:
     """Refuse, before anything trains, a run folder the sweep could not write when it gets
     there: a folder auxilia did not make, or one holding files of the user's."""
     for plan in plans:
-        if plan.status != "trained":
-            continue
-        try:  # a folder without any checkpoint is what a run that failed early leaves
-            plan.folder.check(resume=False, overwrite=not plan.folder.best.is_file())
+        try:
+            check_writable(plan.status, plan.folder)
         except RunFolderError as err:
             raise SweepError(f"variant {plan.variant.label!r} seed {plan.seed}: {err}") from None
 

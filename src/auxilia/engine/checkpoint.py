@@ -154,6 +154,20 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def _traced(members: list[str]) -> bool:
+    """Whether a zip archive's member names are those of a TorchScript export."""
+    return any(m.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for m in members)
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript export (``auxilia export --format torchscript``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _traced(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: no arbitrary code runs.
 
@@ -172,7 +186,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with zipfile.ZipFile(p) as archive:
             damaged = archive.testzip()
             members = archive.namelist()
-        if any(m.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for m in members):
+        if _traced(members):
             raise CheckpointError(f"{p} is an exported TorchScript model, not a training "
                                   "checkpoint: load it with torch.jit.load; auxilia eval and "
                                   "export take a run folder or its checkpoints/*.pt")

@@ -99,8 +99,9 @@ def check_not_in_busy_folder(run_path: Path) -> None:
     if found is None:
         return
     kind, folder = found
+    lock = RunLock(folder, what=f"{kind} folder")
     try:
-        fd = os.open(folder.with_name(f".{folder.name}.lock"), os.O_RDONLY)
+        fd = os.open(lock.path, os.O_RDONLY)
     except OSError:
         return  # no lock file: nobody runs it
     try:
@@ -108,22 +109,14 @@ def check_not_in_busy_folder(run_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return
     except OSError:
-        holder = _holder_pid(fd)
+        pass  # held
     finally:
         os.close(fd)
-    if holder in (os.getpid(), os.getppid()):
+    if lock.holder_pid() in (os.getpid(), os.getppid()):
         return  # the sweep's own run, in this process or in one of its workers
-    lock = RunLock(folder, what=f"{kind} folder")
     raise RunLockedError(f"run folder {run_path} is in the {kind} folder {folder}, which is in "
                          f"use by {lock.holder()}; wait for it to finish, or set run.dir "
                          "outside it")
-
-
-def _holder_pid(fd: int) -> int | None:
-    try:
-        return int(json.loads(os.pread(fd, 65536, 0))["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 class OwnedFolder:

@@ -17,6 +17,7 @@ from typing import Any
 from auxilia.engine import state as run_state
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runfolder import RunFolder, RunFolderError
+from auxilia.engine.runstatus import Status, check_writable
 
 __all__ = ["PIPELINE_FILE", "PipelineRecord", "check_round_folder", "pipeline_owner"]
 
@@ -30,12 +31,10 @@ def pipeline_owner(folder: Path) -> OwnedFolder:
                             "run.dir")
 
 
-def check_round_folder(name: str, folder: RunFolder, status: str) -> str | None:
+def check_round_folder(name: str, folder: RunFolder, status: Status) -> str | None:
     """Why a round's run folder could not be written when its turn comes, or None."""
-    if status != "trained":
-        return None
-    try:  # a folder without any checkpoint is what a run that failed early leaves
-        folder.check(resume=False, overwrite=not folder.best.is_file())
+    try:
+        check_writable(status, folder)
     except RunFolderError as err:
         return f"round {name!r}: {err}"
     return None

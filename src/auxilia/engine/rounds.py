@@ -39,6 +39,7 @@ from auxilia.engine.runstatus import (
     config_differences,
     folder_status,
     read_summary,
+    replaces_failed_start,
 )
 from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.paths import regular_file
@@ -374,8 +375,7 @@ def _run_round(plan: PlannedRound, callbacks: Sequence[Callback]) -> RoundResult
     name = plan.round.name
     if plan.status == "skipped":
         return RoundResult(name, "skipped", plan.folder.path, read_summary(plan.folder))
-    # a folder without any checkpoint is what a run that failed before its first one leaves
-    overwrite = plan.status == "trained" and not plan.folder.best.is_file()
-    result = train(plan.config, resume=plan.status == "resumed", overwrite=overwrite,
+    result = train(plan.config, resume=plan.status == "resumed",
+                   overwrite=replaces_failed_start(plan.status, plan.folder),
                    callbacks=callbacks)
     return RoundResult(name, plan.status, result.run_dir, result.summary, result)

@@ -330,7 +330,15 @@ class RunLock:
                 pass  # e.g. a full disk: the lock itself holds; the message names the file
         return self
 
+    def holder_pid(self) -> int | None:
+        """The process that holds (or last held) the lock, from the lock file, if it says."""
+        try:
+            return int(json.loads(self.path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def holder(self) -> str:
+        """The holder, for messages: pid, host, start time and command line."""
         try:
             info = json.loads(self.path.read_text())
             return (f"process {info['pid']} on {info['host']} (started {info['started']}: "

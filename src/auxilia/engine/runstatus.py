@@ -14,7 +14,8 @@ from auxilia.engine.auto import resolve_for
 from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.setup import pick_device
 
-__all__ = ["UNRESOLVED", "Status", "config_differences", "folder_status", "read_summary"]
+__all__ = ["UNRESOLVED", "Status", "check_writable", "config_differences", "folder_status",
+           "read_summary", "replaces_failed_start"]
 
 Status = Literal["trained", "resumed", "skipped"]
 
@@ -48,6 +49,24 @@ def read_summary(folder: RunFolder) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+def replaces_failed_start(status: Status, folder: RunFolder) -> bool:
+    """Whether training ``folder`` replaces what a run that failed before its first
+    checkpoint left there (a folder without any checkpoint): the ``overwrite`` a sweep or a
+    pipeline trains with."""
+    return status == "trained" and not folder.best.is_file()
+
+
+def check_writable(status: Status, folder: RunFolder) -> None:
+    """Refuse, before anything trains, a run folder a sweep or a pipeline could not write when
+    it gets there (a folder auxilia did not make, or one holding the user's files).
+
+    Raises:
+        RunFolderError: naming the folder and the fix.
+    """
+    if status == "trained":
+        folder.check(resume=False, overwrite=replaces_failed_start(status, folder))
 
 
 def config_differences(config: Config, folder: RunFolder, what: str = "the round"

@@ -21,13 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from auxilia import jsonio
 from auxilia.config import ConfigError, load_config
-from auxilia.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from auxilia.engine.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    is_torchscript,
+    load_checkpoint,
+)
 from auxilia.engine.reload import (
     for_example,
     resolve_checkpoint,
@@ -104,13 +108,7 @@ def _exported(path: Path) -> str | None:
         return "an exported ONNX model"
     if path.suffix == ".safetensors":
         return "an exported state_dict (safetensors; teacher.model with teacher.weights reads it)"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return None
-    traced = any(m.split("/", 1)[-1].startswith("code/") for m in members)
-    return "an exported TorchScript model" if traced else None
+    return "an exported TorchScript model" if is_torchscript(path) else None
 
 
 def check_not_own_teacher(cfg: TeacherConfig | None, run_dir: Path) -> None:
