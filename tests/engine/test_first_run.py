@@ -56,9 +56,18 @@ def test_the_documented_rule(channels: int, side: int, gpu: bool,
 
 
 def test_what_the_user_names_is_kept() -> None:
+    # a named model is not a named size: large images still come at the table's size
     named = load_config(None, ["model.name=resnet8"])
     config, line = resolve_auto(named, gpu=False, shape=(3, 200, False))
-    assert (config.model.name, config.data.image_size, line) == ("resnet8", "native", None)
+    assert (config.model.name, config.data.image_size) == ("resnet8", 32)
+    assert line == ("auto: model resnet8 at 32x32 for 200x200 RGB images, training on CPU; "
+                    "choose with data.image_size=...")
+    config, _ = resolve_auto(named, gpu=True, shape=(3, 200, False))
+    assert (config.model.name, config.data.image_size) == ("resnet8", 64)
+    config, _ = resolve_auto(named, gpu=False, shape=(1, 28, False))
+    assert (config.model.name, config.data.image_size) == ("resnet8", "native")
+    both = load_config(None, ["model.name=resnet8", "data.image_size=native"])
+    assert resolve_auto(both, gpu=False, shape=(3, 200, False)) == (both, None)
     sized = load_config(None, ["data.image_size=48"])
     config, line = resolve_auto(sized, gpu=False, shape=(3, 200, False))
     assert (config.model.name, config.data.image_size) == ("resnet20", 48)

@@ -1,8 +1,9 @@
 """One progress display across a whole sweep: runs done, each running run's step, time left.
 
 On a terminal it is a live ``rich`` panel; elsewhere (a log file, CI) one line per run start
-and end. Time left is estimated from the seconds per step each variant took so far in this
-session (variants differ: CDS steps cost several plain ones), shared among the workers.
+and end, and a step line with the time left in the run and in the sweep once a minute. Time
+left is estimated from the seconds per step each variant took so far in this session
+(variants differ: CDS steps cost several plain ones), shared among the workers.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from auxilia.engine.runlog import format_seconds
+
 __all__ = ["SweepProgress", "format_seconds"]
 
-
-def format_seconds(seconds: float) -> str:
-    """``"1h02m"``, ``"3m05s"`` or ``"12s"``."""
-    seconds = max(0, round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+FIRST_LINE_S = 10.0
+"""Seconds into a run after which a log shows its first step line (its pace by then)."""
+LINE_EVERY_S = 60.0
+"""Seconds between two step lines of one run in a log."""
 
 
 class SweepProgress:
@@ -47,6 +45,7 @@ class SweepProgress:
         self.closed: set[int] = set()
         self.spent: dict[str, list[float]] = {}  # variant -> [seconds, steps] of this session
         self.begin = time.monotonic()
+        self._said: dict[int, float] = {}  # run -> when its last step line was printed
         self._live = Live(console=self.console, refresh_per_second=2,
                           get_renderable=self._render) if live else None
 
@@ -55,25 +54,49 @@ class SweepProgress:
             self._live.start()
         else:
             self.console.print(f"sweep {self.name}: {len(self.keys)} runs, {self.done} finished "
-                               f"before, {self.workers} at a time", highlight=False)
+                               f"before, {self.workers} at a time", highlight=False, soft_wrap=True)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._live is not None:
             self._live.stop()
-        self.console.print(self._summary_line(), highlight=False)
+        self.console.print(self._summary_line(), highlight=False, soft_wrap=True)
 
     def start(self, index: int, total: int) -> None:
         self.total[index], self.started[index] = total, time.monotonic()
         self.running.add(index)
         if self._live is None:
             self.console.print(f"[{self.done + self.failed + 1}/{len(self.keys)}] "
-                               f"{self.keys[index]}: training ({total} steps)", highlight=False)
+                               f"{self.keys[index]}: training ({total} steps)",
+                               highlight=False, soft_wrap=True)
 
     def step(self, index: int, step: int) -> None:
         self.first_step.setdefault(index, step - 1)
         self.step_now[index] = step
+        if self._live is None and self._due(index):
+            self.console.print(self._step_line(index), highlight=False, soft_wrap=True)
+
+    def _due(self, index: int) -> bool:
+        """A log gets a step line :data:`FIRST_LINE_S` into a run, then every
+        :data:`LINE_EVERY_S` (a long run is never silent)."""
+        now = time.monotonic()
+        last = self._said.get(index)
+        due = (now - self.started.get(index, now) >= FIRST_LINE_S if last is None
+               else now - last >= LINE_EVERY_S)
+        if due:
+            self._said[index] = now
+        return due
+
+    def _step_line(self, index: int) -> str:
+        step, total = self.step_now.get(index, 0), self.total.get(index, 0)
+        elapsed = time.monotonic() - self.started.get(index, time.monotonic())
+        done = step - self.first_step.get(index, 0)
+        line = f"  {self.keys[index]}: step {step}/{total}, {format_seconds(elapsed)} elapsed"
+        if done > 0:
+            line += f", ~{format_seconds(elapsed / done * max(0, total - step))} left in this run"
+        left = self.seconds_left()
+        return line + (f", ~{format_seconds(left)} left in the sweep" if left is not None else "")
 
     def finish(self, index: int, failed: bool = False, error: str = "") -> None:
         self.running.discard(index)
@@ -92,10 +115,10 @@ class SweepProgress:
             self.done += 1
         what = f"FAILED: {error}" if failed else "finished"
         self.console.print(f"{self.keys[index]}: {what} after {format_seconds(seconds)}",
-                           highlight=False)
+                           highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def refresh(self) -> None:
         if self._live is not None:

@@ -35,6 +35,8 @@ from auxilia.config import Config, parse_config
 from auxilia.data.raw import RawData
 from auxilia.data.sources import load_dataset, read_source, source_key
 from auxilia.data.types import DatasetSplits
+from auxilia.engine.auto import resolve
+from auxilia.engine.header import Header, HeaderDedup
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runstatus import replaces_failed_start
 from auxilia.engine.signals import STOP_SIGNALS, Interrupted, StopFlag
@@ -141,16 +143,21 @@ def _total_steps(config: Config, data: DatasetSplits) -> int:
 
 
 def _train_one(config: Config, status: str, overwrite: bool, cache: DataCache, stop: StopFlag,
-               started: Callable[[int], None], step: Callable[[int], None]) -> dict[str, Any]:
-    """Train or resume one run; returns its summary."""
+               started: Callable[[int], None], step: Callable[[int], None],
+               header: Header) -> dict[str, Any]:
+    """Train or resume one run; returns its summary.
+
+    The data is loaded for the resolved config (``auto`` model and size, resolved as
+    ``train`` resolves them), so a sweep trains at the size a single run picks.
+    """
     from auxilia.engine.run import train  # here: keeps a worker's import of this module light
 
-    data = cache.get(config)
+    data = cache.get(resolve(config)[0])
     stop.check()  # a signal while the data was read: the run is not started
     started(_total_steps(config, data))
     result = train(config, resume=status == "resumed",
                    overwrite=overwrite,  # replaces_failed_start, decided in the parent
-                   callbacks=[lambda s, _losses: step(s)], data=data)
+                   callbacks=[lambda s, _losses: step(s)], data=data, header=header)
     return result.summary
 
 
@@ -158,6 +165,7 @@ def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepR
                 progress: SweepProgress, on_step: Callable[[str, int], None] | None,
                 stop: StopFlag) -> None:
     cache = DataCache()
+    show = HeaderDedup(progress.message)
     for i in todo:
         stop.check()  # a signal between two runs (or as the last one ended) ends the sweep
         plan = plans[i]
@@ -171,7 +179,8 @@ def _sequential(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepR
         try:
             _train_one(plan.config, plan.status, replaces_failed_start(plan.status, plan.folder),
                        cache, stop,
-                       lambda total, i=i: progress.start(i, total), step)
+                       lambda total, i=i: progress.start(i, total), step,
+                       lambda lines, key=plan.key: show(key, lines))
         except KeyboardInterrupt:
             record.set(i, "interrupted" if plan.folder.last.is_file() else "pending")
             progress.message(f"stopped in {plan.key}; run the sweep again to continue (finished "
@@ -215,6 +224,7 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     pending = set(todo)
+    show = HeaderDedup(progress.message)
     try:
         while pending:
             stop.check()
@@ -227,6 +237,9 @@ def _parallel(plans: Sequence[PlannedRun], todo: Sequence[int], record: SweepRec
                         record.set(j, "failed", "the worker process ended without a result")
                     break
                 progress.refresh()
+                continue
+            if kind == "header":
+                show(plans[i].key, payload)
                 continue
             _event(kind, i, payload, record, progress, pending)
     except KeyboardInterrupt as err:
@@ -306,7 +319,6 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int, stopping: Any) -
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's group: the parent forwards exactly one Ctrl-C
     torch.set_num_threads(threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = DataCache()
     with StopFlag() as stop:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the parent
@@ -324,7 +336,8 @@ def _worker(tasks: Any, events: Any, threads: int, parent: int, stopping: Any) -
 
             try:
                 _train_one(parse_config(raw), status, overwrite, cache, stop,
-                           lambda total, i=i: events.put(("start", i, total)), step)
+                           lambda total, i=i: events.put(("start", i, total)), step,
+                           lambda lines, i=i: events.put(("header", i, lines)))
             except KeyboardInterrupt:
                 events.put(("interrupted", i, None))
                 return

@@ -31,8 +31,9 @@ from auxilia.config import Config
 from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError
 from auxilia.data.types import DatasetSplits
+from auxilia.engine.device import pick_device
 
-__all__ = ["AUTO", "choose", "native_shape", "resolve_auto", "resolve_for"]
+__all__ = ["AUTO", "choose", "native_shape", "resolve", "resolve_auto", "resolve_for"]
 
 AUTO = "auto"
 SMALL, CPU_SIZE, GPU_SIZE = 36, 32, 64
@@ -100,6 +101,9 @@ def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None 
                  ) -> tuple[Config, str | None]:
     """Replace ``auto`` in ``model.name`` and ``data.image_size`` by what fits the data.
 
+    The input size follows the table above whether or not the model is named: naming a model
+    does not mean training it at the images' native size (``data.image_size=native`` does).
+
     Args:
         config: a validated config.
         gpu: whether training runs on a GPU.
@@ -108,18 +112,16 @@ def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None 
 
     Returns:
         ``(resolved config, a line saying what was chosen and how to choose otherwise)``; the
-        line is None when nothing was automatic.
+        line is None when nothing was automatic, or the images' shape is unknown.
     """
     model_auto = config.model.name == AUTO
     size_auto = config.data.image_size == AUTO
     if not model_auto and not size_auto:
         return config, None
-    if not model_auto:  # a named model keeps the native size
-        return _with(config, config.model.name, "native"), None
     shape = shape if shape is not None else native_shape(config.data)
     if shape is None:  # unknown images: the loader will say what is wrong with the data
-        return _with(config, "small_cnn", config.data.image_size if not size_auto
-                     else "native"), None
+        return _with(config, "small_cnn" if model_auto else config.model.name,
+                     "native" if size_auto else config.data.image_size), None
     channels, side, differ = shape
     if size_auto:
         name, size = choose(channels, side, gpu, size_given=False)
@@ -128,11 +130,21 @@ def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None 
     else:  # a named size (or native) picks the model
         size = config.data.size
         name, _ = choose(channels, size or side, gpu, size_given=True)
+    name = name if model_auto else config.model.name
+    return _with(config, name, size if size is not None else "native"), _line(
+        name, size, shape, gpu, model_auto, size_auto)
+
+
+def _line(name: str, size: int | None, shape: tuple[int, int, bool], gpu: bool,
+          model_auto: bool, size_auto: bool) -> str:
+    """``auto: model M at SxS for ... images, training on CPU; choose with ...``."""
+    channels, side, differ = shape
     shown = f"{size}x{size}" if size else f"{side}x{side} (native)"
-    line = (f"auto: model {name} at {shown} for {'mostly ' if differ else ''}{side}x{side} "
+    keys = " and ".join(key for key, auto in (("model.name=...", model_auto),
+                                               ("data.image_size=...", size_auto)) if auto)
+    return (f"auto: model {name} at {shown} for {'mostly ' if differ else ''}{side}x{side} "
             f"{'grey' if channels == 1 else 'RGB'} images, training on {'GPU' if gpu else 'CPU'}"
-            "; choose with model.name=... and data.image_size=...")
-    return _with(config, name, size if size is not None else "native"), line
+            f"; choose with {keys}")
 
 
 def _with(config: Config, model: str, size: int | str) -> Config:
@@ -143,13 +155,30 @@ def _with(config: Config, model: str, size: int | str) -> Config:
 
 def resolve_for(config: Config, data: DatasetSplits | None, device: torch.device
                 ) -> tuple[Config, str | None]:
-    """:func:`resolve_auto` for ``device``; already loaded ``data`` decides the input size."""
+    """The one resolution of ``auto`` every command uses: :func:`resolve_auto` for ``device``.
+
+    The images' shape is read from the data's files (:func:`native_shape`), so a run resolves
+    the same way whether it loads its data itself or is handed splits loaded from the resolved
+    config (a sweep's shared data). Splits already loaded at another size (the Python API's
+    ``data=``) keep their size: the model is chosen for it.
+    """
     if AUTO not in (config.model.name, config.data.image_size):
         return config, None
     gpu = device.type == "cuda"
-    if data is None:
-        return resolve_auto(config, gpu)
+    resolved, line = resolve_auto(config, gpu)
+    if data is None or data.image_shape[1] == _loaded_side(resolved, data):
+        return resolved, line
     channels, side, _ = data.image_shape
     sized = config.model_copy(update={"data": config.data.model_copy(
         update={"image_size": side})})
     return resolve_auto(sized, gpu, shape=(channels, side, False))
+
+
+def _loaded_side(config: Config, data: DatasetSplits) -> int:
+    """The side ``config`` loads its images at (``data``'s own for ``native``)."""
+    return config.data.size or data.image_shape[1]
+
+
+def resolve(config: Config) -> tuple[Config, str | None]:
+    """:func:`resolve_for` on the device ``train.device`` names, before any data is loaded."""
+    return resolve_for(config, None, pick_device(config.train.device))

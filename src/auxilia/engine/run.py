@@ -17,7 +17,6 @@ from typing import Any
 from torch import nn
 
 from auxilia.config import Config, check_run_name
-from auxilia.data.sources import describe_splits
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import state as run_state
 from auxilia.engine.anytime import model_flops, sample_images
@@ -25,6 +24,7 @@ from auxilia.engine.auto import resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
+from auxilia.engine.header import Header, run_header
 from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.owned import check_not_in_busy_folder
 from auxilia.engine.runidentity import check_same_run, checkpoint_run_id
@@ -76,7 +76,7 @@ class RunResult:
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False,
           callbacks: Sequence[Callback] = (), data: DatasetSplits | None = None,
-          teacher: nn.Module | None = None) -> RunResult:
+          teacher: nn.Module | None = None, header: Header | None = None) -> RunResult:
     """Train a run described by ``config`` into ``run.dir/<run name>``.
 
     Args:
@@ -90,6 +90,10 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
             they are loaded from ``config.data``.
         teacher: any ``nn.Module`` as the teacher of ``kd``/``hints`` (instead of
             ``config.teacher``); see :mod:`auxilia.teachers`.
+        header: receives the lines the run would print before its first step (data, splits,
+            model, budget, notes; :func:`auxilia.engine.header.run_header`), for a display
+            that shows them itself (a sweep's); by default they are printed unless
+            ``run.progress=off``.
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once a resumable checkpoint is written.
@@ -113,7 +117,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
                 folder.check(resume=True, overwrite=False)  # names the missing folder
             with folder.lock():  # a run still writing its first checkpoint is named as such
                 folder.check(resume=True, overwrite=False)
-                return _resume(config, folder, data, callbacks, stop, teacher)
+                return _resume(config, folder, data, callbacks, stop, teacher, header)
         setup = build_setup(config, data, teacher=teacher)  # fails before any folder is touched
         if choice:
             setup.data.notes.insert(0, choice)
@@ -127,7 +131,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
             try:
                 folder.write_config(config.to_dict())
                 write_data_identity(folder.data, setup.data)
-                return _train_from(run, folder, callbacks, stop, resumed=False)
+                return _train_from(run, folder, callbacks, stop, header, resumed=False)
             except BaseException:
                 if folder.restore_replaced():
                     print(f"the new run stopped before its first checkpoint; the previous run "
@@ -136,8 +140,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
 
 
 def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
-            callbacks: Sequence[Callback], stop: StopFlag, teacher: nn.Module | None
-            ) -> RunResult:
+            callbacks: Sequence[Callback], stop: StopFlag, teacher: nn.Module | None,
+            header: Header | None) -> RunResult:
     """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
     folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last)
@@ -157,27 +161,25 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
     if folder.run_id() is None:  # a run folder made before the marker, or its id, existed
         folder.write_marker(checkpoint_run_id(checkpoint))  # before best.pt may be rewritten
     _repair_best(run)
-    return _train_from(run, folder, callbacks, stop, resumed=True)
+    return _train_from(run, folder, callbacks, stop, header, resumed=True)
 
 
 def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback],
-                stop: StopFlag, *, resumed: bool) -> RunResult:
+                stop: StopFlag, header: Header | None, *, resumed: bool) -> RunResult:
     setup, config, loop = run.setup, run.config, run.loop
     run.folder = folder
     record_student(config.teacher, folder.path)  # so that the teacher is not overwritten
-    if config.run.progress != "off":
-        print(f"data: {config.data.source}, {setup.data.num_classes} classes, images "
-              f"{'x'.join(map(str, setup.data.image_shape))}", flush=True)
-        for line in describe_splits(setup.data):
-            print(f"  {line}", flush=True)
-        for note in setup.data.notes:
-            print(f"note: {note}", flush=True)
-    else:  # quiet runs (a sweep's, a pipeline's) still say what was done to the data
+    teacher = teacher_report(run)
+    lines = run_header(run, setup.data.notes,
+                       describe_teacher(teacher) if teacher is not None else None)
+    if header is not None:  # a sweep or pipeline shows it in its own display
+        header(lines)
+    elif config.run.progress != "off":
+        for line in lines:
+            print(line, flush=True)
+    else:  # quiet runs still say what was done to the data
         for note in setup.data.notes:
             print(f"note: {folder.path}: {note}", file=sys.stderr, flush=True)
-    teacher = teacher_report(run)
-    if teacher is not None and config.run.progress != "off":
-        print(describe_teacher(teacher), flush=True)
     run.log = MetricsLog(folder, tensorboard=config.run.tensorboard,
                          resume_step=loop.step if resumed else None)
     try:
@@ -214,6 +216,8 @@ def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
         "run": str(folder.path), "steps": loop.step, "skipped_steps": loop.skipped_steps,
         "scaler_skipped_steps": loop.scaler_skips,
         "train_seconds": round(loop.train_seconds, 3), "train_images": loop.images,
+        "wall_seconds": round(loop.wall_seconds, 3),  # steps, evaluations and checkpoints
+        **({"time_budget": loop.time_budget} if loop.time_budget else {}),
         # one image per sample drawn, whatever the number of augmented views of it
         "train_images_per_s": round(loop.images / seconds, 1),
         "train_views_per_s": round(loop.images * views / seconds, 1),

@@ -72,6 +72,16 @@ class MetricsLog:
             self._tb.close()
 
 
+def format_seconds(seconds: float) -> str:
+    """``"1h02m"``, ``"3m05s"`` or ``"12s"``."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 class ProgressBar:
     """A rich progress bar on a terminal, plain log lines otherwise.
 
@@ -83,7 +93,7 @@ class ProgressBar:
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "plain"
         self.mode = mode
-        self.total = total
+        self.total, self.start = total, start
         self._bar = None
         self._text = ""
         self._t0 = time.perf_counter()
@@ -107,8 +117,17 @@ class ProgressBar:
         self._text = text
         if self._bar is not None:
             self._bar.update(self._task, completed=step, description=text)
-        elif self.mode == "plain":
-            print(f"step {step}/{self.total} {text}", flush=True)
+        elif self.mode == "plain":  # a log has no bar: each line says how far and how long
+            print(f"step {step}/{self.total} {text} | {self.timing(step)}", flush=True)
+
+    def timing(self, step: int) -> str:
+        """``1m05s elapsed, ~3m10s left``: the time left at this session's pace so far
+        (evaluations included), none before a step was timed."""
+        elapsed = time.perf_counter() - self._t0
+        done = step - self.start
+        left = (f", ~{format_seconds(elapsed / done * (self.total - step))} left" if done > 0
+                else "")
+        return f"{format_seconds(elapsed)} elapsed{left}"
 
     @contextmanager
     def evaluating(self, split: str, images: int) -> Iterator[None]:

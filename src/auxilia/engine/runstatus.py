@@ -4,15 +4,13 @@ whether it was made from the same config. One code path for every command that p
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Literal
 
 from auxilia.config import Config
 from auxilia.config import read_yaml as _read_yaml
 from auxilia.engine import state as run_state
-from auxilia.engine.auto import resolve_for
+from auxilia.engine.auto import resolve
 from auxilia.engine.runfolder import RunFolder
-from auxilia.engine.setup import pick_device
 
 __all__ = ["UNRESOLVED", "Status", "check_writable", "config_differences", "folder_status",
            "read_summary", "replaces_failed_start"]
@@ -37,7 +35,9 @@ def _finished(config: Config, folder: RunFolder) -> bool:
         n_train = summary["splits"]["train"]["count"]
         # the loop's step count: train.steps, or epochs of full batches (drop_last)
         per_epoch = n_train // min(config.data.batch_size, n_train)
-        total = config.train.steps or math.ceil(float(config.train.epochs or 1) * per_epoch)
+        # (a train.time run's: the count it derived, recorded in its summary)
+        total = config.train.total_steps(per_epoch, (summary.get("time_budget") or {}).get(
+            "steps"))
         return bool(summary["steps"] == total)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return False
@@ -76,7 +76,7 @@ def config_differences(config: Config, folder: RunFolder, what: str = "the round
         return []  # resuming checks the checkpoint's own config
     saved = _read_yaml(folder.config)
     # the folder records the config with model and size resolved, as training resolves it
-    given, _ = resolve_for(config, None, pick_device(config.train.device))
+    given, _ = resolve(config)
     old, new = run_state.flatten(saved), run_state.flatten(given.to_dict())
     return [f"  {k}: the run has {old[k]!r}, {what} gives {new.get(k)!r}"
             for k in sorted(old)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from auxilia.config import Config, ConfigError
+from auxilia.config import Config
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.views import build_view
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.batch import view_stream
+from auxilia.engine.device import pick_device
 from auxilia.engine.memory import check_step_memory
 from auxilia.engine.teacher import build_teacher
 from auxilia.models.backbone import Backbone
@@ -46,48 +46,6 @@ class Setup:
     @property
     def amp_dtype(self) -> torch.dtype:
         return getattr(torch, self.config.train.amp_dtype)
-
-
-DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N < the number of GPUs), mps"
-
-
-def pick_device(name: str) -> torch.device:
-    """The training device for ``train.device``, checked against this machine.
-
-    ``auto`` is CUDA when available, else the CPU. ``cpu`` takes no index: torch would accept
-    ``cpu:0``, but as a device different from ``cpu`` in comparisons.
-
-    Raises:
-        ConfigError: one line naming ``train.device``, the value, why and the valid forms.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    problem = _device_problem(name)
-    if problem:
-        raise ConfigError(f"train.device={name!r}: {problem}; valid: {DEVICE_FORMS}")
-    return torch.device(name)
-
-
-def _device_problem(name: str) -> str:
-    """What is wrong with a device name on this machine, or ``""``."""
-    cuda = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if cuda:
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            return "CUDA is not available here; use train.device=cpu"
-        if cuda.group(1) is not None and int(cuda.group(1)) >= count:
-            return (f"this machine has {count} GPU{'s' if count > 1 else ''} (cuda:0 to "
-                    f"cuda:{count - 1})")
-        return ""
-    if name == "mps":
-        available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-        return "" if available else "MPS is not available here; use train.device=cpu"
-    if name == "cpu":
-        return ""
-    key = name.strip().lower()
-    hint = {"gpu": "cuda", "cpu:0": "cpu", "mps:0": "mps"}.get(
-        key, key if key in ("auto", "cpu", "cuda", "mps") or key.startswith("cuda:") else None)
-    return f"not a device (did you mean {hint!r}?)" if hint else "not a device"
 
 
 def seed_everything(seed: int, purpose: str = "build") -> None:

@@ -1,0 +1,89 @@
+"""What a run prints before its first step: data, splits, model, method and budget.
+
+One function, :func:`run_header`, writes these lines for every command that trains (``train``,
+``compare``, ``rounds``, the Python API): a single run prints them, a sweep or a pipeline shows
+them once for each run whose lines differ from the last ones shown (:class:`HeaderDedup`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from auxilia.data.sources import describe_splits
+from auxilia.engine.context import RunContext
+
+__all__ = ["Header", "HeaderDedup", "run_header"]
+
+Header = Callable[[list[str]], None]
+"""Receives a run's header lines (see :func:`run_header`) instead of their being printed."""
+
+
+def run_header(run: RunContext, notes: Sequence[str] = (), teacher: str | None = None
+               ) -> list[str]:
+    """The lines a run shows before training.
+
+    Args:
+        run: the built run.
+        notes: what was decided for the user (the ``auto`` choice, data hygiene, ...), each
+            printed as ``note: ...``.
+        teacher: the teacher's description line, when the run has one.
+
+    Returns:
+        ``data: ...``, one line per split, ``model: ...``, ``train: ...``, the teacher's line
+        and the notes.
+    """
+    setup, config = run.setup, run.config
+    data = setup.data
+    lines = [f"data: {config.data.source}, {data.num_classes} classes, images "
+             f"{'x'.join(map(str, data.image_shape))}"]
+    lines += [f"  {line}" for line in describe_splits(data)]
+    lines.append(_model_line(run))
+    lines.append(_budget_line(run))
+    if teacher:
+        lines.append(teacher)
+    lines += [f"note: {note}" for note in notes]
+    return lines
+
+
+def _model_line(run: RunContext) -> str:
+    config, model = run.config, run.setup.model
+    side = run.setup.data.image_shape[-1]
+    deployed = sum(p.numel() for p in model.strip().parameters())
+    total = sum(p.numel() for p in model.parameters())
+    pretrained = " (pretrained)" if config.model.pretrained else ""
+    methods = " + ".join(m.name for m in config.method)
+    return (f"model: {config.model.name}{pretrained} at {side}x{side}, {deployed:,} parameters"
+            + (f" deployed ({total:,} in training)" if total != deployed else "")
+            + f"; method {methods}")
+
+
+def _budget_line(run: RunContext) -> str:
+    config, loop = run.config, run.loop
+    per_epoch, optim = run.steps_per_epoch, config.optim
+    if config.train.time is not None and loop.derived_steps is None:  # derived once it starts
+        length = f"train.time={config.train.time} (steps derived from the measured speed)"
+    else:
+        total = run.total_steps
+        length = f"{total:,} steps ({total / per_epoch:.3g} epochs of {per_epoch:,} steps)"
+    return (f"train: {length} at "
+            f"batch {config.data.batch_size}, {optim.name} lr {optim.lr:g}, schedule "
+            f"{config.schedule.name}, evaluating every {config.train.eval_every_steps(per_epoch):,}"
+            " steps" + (f"; resuming at step {loop.step:,}" if loop.step else ""))
+
+
+class HeaderDedup:
+    """Shows a header only when no run shown before had the same one (a sweep's seeds of one
+    variant share theirs), prefixed by the run it belongs to."""
+
+    def __init__(self, show: Callable[[str], Any]) -> None:
+        self.show = show
+        self._seen: set[tuple[str, ...]] = set()
+
+    def __call__(self, key: str, lines: list[str]) -> None:
+        if tuple(lines) in self._seen:
+            return
+        self._seen.add(tuple(lines))
+        self.show(f"{key}:")
+        for line in lines:
+            self.show(f"  {line}")
