@@ -13,8 +13,11 @@ image folders and CSVs, without decoding) and the training device:
 | larger than 36 px | GPU | ``resnet18`` (3x3 stem) | 64 px |
 
 "Native" is the median side when the images differ in size (they must share one to be
-stacked). A named model keeps the images' native size; a named size picks the model by the
-same table. The resolved config is what the run folder and its checkpoints record.
+stacked). A named model still gets its input size from the table (``data.image_size=native``
+keeps the images' own); a named size picks the model by the same table. The resolved config
+is what the run folder and its checkpoints record. Every command resolves through
+:func:`resolve_for` (``train``, ``compare``, ``rounds``, the Python API; ``eval`` and
+``export`` read the resolved config their run recorded).
 """
 
 from __future__ import annotations
