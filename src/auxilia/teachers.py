@@ -301,9 +301,43 @@ def output_shapes(model: nn.Module, image_shape: tuple[int, int, int], device: t
     return {e: {k: tuple(t.shape[1:]) for k, t in fields.items()} for e, fields in out.items()}
 
 
+def input_size(model: nn.Module) -> int | None:
+    """The side the teacher's slot resizes the student's images to (its trained input size),
+    or None when it takes them at the student's size."""
+    while isinstance(model, ClassOrder):
+        model = model.teacher
+    return model.size if isinstance(model, InputAdapter) else None
+
+
+def own_network(model: nn.Module) -> nn.Module:
+    """The teacher's own network inside the wrappers its slot may put around it
+    (:class:`InputAdapter`, :class:`ClassOrder`), which depend on the student, not on it."""
+    while isinstance(model, InputAdapter | ClassOrder):
+        model = model.teacher
+    return model
+
+
 def weights_checksum(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (names, dtypes, shapes and bytes), in order:
-    equal checksums mean bit-identical weights and BatchNorm statistics."""
+    """SHA-256 of the teacher's own parameters and buffers (names, dtypes, shapes and bytes),
+    in order: equal checksums mean bit-identical weights and BatchNorm statistics.
+
+    Taken of :func:`own_network`, so that one checkpoint has one checksum whatever student
+    distils it: the wrappers' key prefixes (``teacher.``) once made a student at another
+    size or normalisation print another checksum of the same weights
+    (:func:`wrapped_checksum` is that older checksum, still accepted on resume).
+    """
+    return state_checksum(own_network(model))
+
+
+def wrapped_checksum(model: nn.Module) -> str:
+    """The checksum runs recorded before :func:`weights_checksum` unwrapped the teacher: of the
+    slot's module as built, its wrappers' key prefixes included."""
+    return state_checksum(model)
+
+
+def state_checksum(model: nn.Module) -> str:
+    """SHA-256 of ``model``'s state dict: each entry's name, dtype, shape and bytes, in order
+    (on the CPU, contiguous: the device and memory format do not change it)."""
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()

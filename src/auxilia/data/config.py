@@ -9,6 +9,7 @@ from pydantic import Field
 from auxilia.strict import Strict
 
 DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_VAL_FRACTION = 0.1
 RESIZE_METHOD = "bilinear with antialiasing, stretched to a square (the aspect ratio is not kept)"
 """What ``data.image_size`` does to every image (PIL at decode time, torch for array sources)."""
 
@@ -30,8 +31,9 @@ class DataConfig(Strict):
     """Where the images come from and how they are split.
 
     Fractions are of the training pool: ``val_fraction`` is carved from the official train set
-    (stratified, seeded); ``test_fraction`` is used only by sources without an official test split
-    (``digits``, a ``folder`` without a ``test`` subfolder, ``csv`` without a test file).
+    (stratified, seeded), or ``val_per_class`` images of every class; ``test_fraction`` is used
+    only by sources without an official test split (``digits``, a ``folder`` without a ``test``
+    subfolder, ``csv`` without a test file).
     The unlabeled split (:attr:`auxilia.data.types.DatasetSplits.unlabeled`) gathers the training
     samples whose labels ``labels_per_class`` or ``labels_fraction`` hide (all of train with
     ``unlabeled_includes_labeled``), the images of ``unlabeled`` and STL-10's unlabeled split
@@ -41,7 +43,12 @@ class DataConfig(Strict):
     source: str = "digits"
     root: str | None = None
     download: bool = False
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=DEFAULT_VAL_FRACTION, ge=0.0, lt=1.0)
+    val_per_class: int | None = Field(
+        default=None, ge=1,
+        description="carve val from train with exactly this many images per class (seeded by "
+                    "split_seed), e.g. as scarce as labels_per_class; instead of val_fraction. "
+                    "Refused when the data has its own val split")
     test_fraction: float | None = Field(
         default=None, ge=0.0, lt=1.0,
         description="test carved from train when the source has no test split; default 0.2, "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from auxilia.data.carve import labeled_line, official_to_splits
 from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from auxilia.data.files import decode_images
@@ -30,12 +31,12 @@ from auxilia.data.folders import load_csv, load_folder
 from auxilia.data.hygiene import clean_raw
 from auxilia.data.identity import identity
 from auxilia.data.raw import DataError, RawData
-from auxilia.data.splits import small_val_note, stratified_split, stratified_subset
+from auxilia.data.splits import small_val_note, stratified_subset
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.unlabeled import check_label_settings, hide_labels, read_unlabeled
 
 __all__ = ["SOURCES", "DataError", "RawData", "SourceSpec", "channel_stats", "decode_images",
-           "describe_splits", "load_dataset", "read_source", "source_key"]
+           "describe_splits", "load_dataset", "read_source", "source_key", "val_at_size"]
 
 
 @dataclass(frozen=True)
@@ -213,46 +214,13 @@ def _get_spec(name: str) -> SourceSpec:
     raise DataError(f"unknown data source {name!r}.{hint} Valid sources: {', '.join(SOURCES)}")
 
 
-def _carve(pool: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    keep, take = stratified_split(pool.labels, fraction, seed)
-    return pool.take(keep), pool.take(take)
+LABELED = "labeled"
+"""The key of :attr:`DatasetSplits.origins` holding :func:`~auxilia.data.carve.labeled_line`."""
 
-
-def _official_to_splits(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
-    """Carves test, then val, from train where the source lacks them.
-
-    A source with an official val split but no test split gets no test split unless
-    ``data.test_fraction`` asks for one: carving test from train then would shrink the
-    training split behind the user's back.
-    """
-    train, val, test = raw.train, raw.val, raw.test
-    carve_test = test is None
-    test_fraction = cfg.test_fraction_for(has_val=val is not None)
-    if carve_test and val is None and cfg.val_fraction + test_fraction >= 1:
-        raise DataError(f"data.val_fraction + data.test_fraction must be < 1, got "
-                        f"{cfg.val_fraction} + {test_fraction}")
-    if test is None and test_fraction == 0:
-        test = train.take(torch.zeros(0, dtype=torch.int64))
-        raw.notes.append("no test split: the data has train and val but no test; results are "
-                         "val only (add a test split, or set data.test_fraction to carve one "
-                         "from train)" if val is not None else "no test split "
-                         "(data.test_fraction=0)")
-        raw.origins["test"] = "none"
-    elif test is None:
-        train, test = _carve(train, test_fraction, cfg.split_seed)
-        raw.origins["test"] = (f"carved from train (test_fraction={test_fraction}, "
-                               f"split_seed={cfg.split_seed})")
-    if val is None:
-        fraction = cfg.val_fraction / (1 - test_fraction) if carve_test else cfg.val_fraction
-        train, val = _carve(train, fraction, cfg.split_seed)
-        raw.origins["val"] = (f"carved from train (val_fraction={cfg.val_fraction}, "
-                              f"split_seed={cfg.split_seed})")
-    return train, val, test
-
-
-AFTER_READING = ("val_fraction", "test_fraction", "split_seed", "labels_per_class",
-                 "labels_fraction", "unlabeled_includes_labeled", "train_subset", "augment",
-                 "views", "batch_size", "eval_batch_size", "num_workers")
+AFTER_READING = ("val_fraction", "val_per_class", "test_fraction", "split_seed",
+                 "labels_per_class", "labels_fraction", "unlabeled_includes_labeled",
+                 "train_subset", "augment", "views", "batch_size", "eval_batch_size",
+                 "num_workers")
 """Data settings that act after the source is read (a source read once serves them all)."""
 
 
@@ -298,7 +266,8 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     """Loads ``cfg.source`` into memory and splits it.
 
     Order: official splits → test carve (sources without one; ``test_fraction`` of all
-    samples) → val carve (``val_fraction``, of the official train set or of all samples) →
+    samples) → val carve (``val_fraction`` of the official train set or of all samples, or
+    ``val_per_class`` images of every class: :mod:`auxilia.data.carve`) →
     resize to ``image_size`` → normalisation statistics (published, or computed on the training
     split) → ``train_subset`` → ``labels_per_class`` / ``labels_fraction`` (the rest of train
     becomes ``unlabeled`` with labels -1, the truth in ``true_labels``), joined by the
@@ -326,7 +295,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     raw = read_source(cfg) if source is None else dataclasses.replace(
         source, notes=list(source.notes), origins=dict(source.origins))
     draw_seed = cfg.split_seed if seed is None else seed
-    train, val, test = _official_to_splits(raw, cfg)
+    train, val, test = official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
     if cfg.size is not None:
         from auxilia.engine.memory import check_decoded_size  # here: engine imports this module
@@ -352,10 +321,15 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
                                                draw_seed, raw.classes, raw.origins.get("unlabeled"))
     raw.notes += notes
     origins = {**origins, **hid, "train": origins["train"] + hid["train"]}
+    labeled = labeled_line(train, val, raw.classes, cfg)
+    if labeled is not None:  # not a split: describe_splits prints it last
+        origins[LABELED] = labeled
     _check_every_class_trains(train, raw.classes, cfg)
-    carved = (cfg.val_fraction if raw.val is None else None,  # else the source's own splits
+    # a fraction to suggest raising only when val was carved by it
+    carved = (cfg.val_fraction if raw.val is None and cfg.val_per_class is None else None,
               cfg.test_fraction_for(has_val=False) if raw.test is None else 0.0)
-    note = small_val_note(len(val), len(raw.classes), *carved)
+    note = small_val_note(len(val), len(raw.classes), *carved,
+                          val_per_class=cfg.val_per_class if raw.val is None else None)
     raw.notes += [note] if note else []
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
@@ -364,8 +338,26 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     return data
 
 
+def val_at_size(cfg: DataConfig, size: int) -> Split:
+    """The val split :func:`load_dataset` gives for ``cfg``, at ``size`` x ``size``: the same
+    images (carved the same way, ``split_seed``), resized as ``data.image_size=size`` resizes
+    them (image files decoded at that size, arrays by :func:`_resize`). For a teacher trained at
+    another size than the student's: its accuracy on images of its own size.
+
+    The source is read again (image files decoded at ``size``), without ``data.unlabeled``.
+
+    Raises:
+        DataError: as :func:`load_dataset` (e.g. the images at ``size`` would not fit in memory).
+    """
+    at = cfg.model_copy(update={"image_size": size, "unlabeled": None, "stl10_unlabeled": False})
+    _, val, _ = official_to_splits(read_source(at), at)
+    return val.with_images(_resize(val.images, size))
+
+
 def describe_splits(data: DatasetSplits) -> list[str]:
-    """One line per split: its size and where it came from."""
+    """One line per split: its size and where it came from; then, when labels are scarce by
+    choice, how many labeled images training and selection use together
+    (:func:`auxilia.data.carve.labeled_line`)."""
     lines = []
     for name in ("train", "val", "test", "unlabeled"):
         split = getattr(data, name)
@@ -373,6 +365,8 @@ def describe_splits(data: DatasetSplits) -> list[str]:
             continue
         origin = data.origins.get(name, "")
         lines.append(f"{name:9s} {len(split):7,d}  {origin}")
+    if LABELED in data.origins:
+        lines.append(data.origins[LABELED])
     return lines
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = ["MIN_VAL_PER_CLASS", "SplitError", "labeled_fraction", "labeled_unlabeled",
-           "small_val_note", "stratified_split", "stratified_subset"]
+           "per_class_split", "small_val_note", "stratified_split", "stratified_subset"]
 
 
 class SplitError(ValueError):
@@ -160,13 +160,46 @@ def labeled_unlabeled(
     """
     if labels_per_class < 1:
         raise SplitError(f"labels_per_class must be >= 1, got {labels_per_class}")
+    return per_class_split(labels, labels_per_class, seed, class_names,
+                           setting=f"labels_per_class={labels_per_class}",
+                           fix="lower data.labels_per_class to at most {most}")
+
+
+def per_class_split(
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    per_class: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+    *,
+    setting: str,
+    fix: str,
+    keep_at_least: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws exactly ``per_class`` samples of every class (``labels_per_class``,
+    ``val_per_class``): the first ``per_class`` random ranks of each class at ``seed``.
+
+    Args:
+        labels: class labels ``[N]``.
+        per_class: samples drawn per class.
+        seed: seed of the draw.
+        class_names: names of all classes (index = label); when given, every one of them must
+            have enough samples, including classes absent from ``labels``; errors name them.
+        setting: the setting asking for the draw, as errors name it (``"val_per_class=10"``).
+        fix: what an error suggests; ``{most}`` is replaced by the largest ``per_class`` every
+            class allows.
+        keep_at_least: samples every class must keep besides the drawn ones.
+
+    Returns:
+        ``(drawn_idx, rest_idx)``: sorted, disjoint ``int64`` indices covering ``0..N-1``.
+
+    Raises:
+        SplitError: a class with fewer than ``per_class + keep_at_least`` samples.
+    """
     y, counts = _class_counts(labels, class_names)
-    _check_counts(counts, labels_per_class, class_names,
-                  f"labels_per_class={labels_per_class}",
-                  f"lower data.labels_per_class to at most "
-                  f"{int(counts.min()) if counts.numel() else 0}")
-    quotas = torch.full_like(counts, labels_per_class)
-    take = _take_by_quota(y, quotas, seed)
+    most = max(int(counts.min()) - keep_at_least, 0) if counts.numel() else 0
+    _check_counts(counts, per_class + keep_at_least, class_names, setting,
+                  fix.format(most=most))
+    take = _take_by_quota(y, torch.full_like(counts, per_class), seed)
     return torch.nonzero(take).flatten(), torch.nonzero(~take).flatten()
 
 
@@ -236,7 +269,7 @@ samples (val and a carved test together take at most the rest)."""
 
 
 def small_val_note(val_count: int, num_classes: int, val_fraction: float | None,
-                   test_share: float = 0.0) -> str | None:
+                   test_share: float = 0.0, val_per_class: int | None = None) -> str | None:
     """A note when the validation split is empty or too small to select a checkpoint on.
 
     Args:
@@ -246,6 +279,8 @@ def small_val_note(val_count: int, num_classes: int, val_fraction: float | None,
             the source gave its own val split (the fraction then changes nothing).
         test_share: the share of the samples carved as test beside val (0 when the source
             has its own test split).
+        val_per_class: ``data.val_per_class`` when val was carved with it (the note then
+            suggests raising it).
 
     Returns:
         The note, or None when val is large enough. It suggests a larger ``val_fraction``
@@ -258,6 +293,8 @@ def small_val_note(val_count: int, num_classes: int, val_fraction: float | None,
     if val_count >= wanted:
         return None
     fix = f"add validation images (at least {MIN_VAL_PER_CLASS} per class)"
+    if val_per_class:
+        fix = f"raise data.val_per_class to {MIN_VAL_PER_CLASS} if the labels allow, or {fix}"
     if val_fraction:  # val grows with the fraction: scale it, rounded up to a hundredth
         larger = max(math.ceil(val_fraction * wanted / val_count * 100) / 100,
                      round(val_fraction + 0.01, 2))

@@ -17,7 +17,9 @@ from torch import nn
 
 from auxilia.config import ConfigError, parse_config
 from auxilia.data.identity import listing
-from auxilia.data.types import DatasetSplits
+from auxilia.data.raw import DataError
+from auxilia.data.sources import val_at_size
+from auxilia.data.types import DatasetSplits, Split
 from auxilia.engine.datacheck import read_data_listing
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.teacher_classes import class_index, class_note, shown_names
@@ -33,10 +35,12 @@ from auxilia.teachers import (
     ModuleTeacher,
     TeacherConfig,
     TeacherSlot,
+    input_size,
     needs_adapter,
     output_shapes,
     teacher_record,
     weights_checksum,
+    wrapped_checksum,
 )
 
 if TYPE_CHECKING:
@@ -231,27 +235,66 @@ def check_no_test_leak(teacher: LoadedTeacher, data: DatasetSplits) -> None:
 
 def teacher_report(run: RunContext) -> dict[str, Any] | None:
     """The teacher's source, weights checksum and accuracy on the student's val and test
-    splits (in eval mode, as it teaches), printed once and kept in the summary."""
+    splits (in eval mode, as it teaches), printed once and kept in the summary; for a teacher
+    trained at another input size, also ``size`` (:func:`_size_report`)."""
     slot = run.slots.get(TEACHER)
     if slot is None:
         return None
     model = run.models[TEACHER]
-    setup, cfg = run.setup, run.config
+    setup = run.setup
     # a resumed run's teacher has the checksum of the run's first start (check_same_teacher)
     sha = slot.sha256 if isinstance(slot, TeacherSlot) else weights_checksum(model)
     report: dict[str, Any] = {"source": getattr(slot, "source", ""), "sha256": sha}
     if isinstance(slot, TeacherSlot) and slot.class_note:
         report["classes"] = slot.class_note
+    logits = "logits" in _final_fields(model, setup)
     for name in ("val", "test"):
         split = getattr(setup.data, name)
-        if split is None or not len(split) or "logits" not in _final_fields(model, setup):
-            continue
-        metrics = evaluate(model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
-                           device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                           channels_last=cfg.model.channels_last)
-        report[name] = {"top1": metrics.get("final/top1"), "loss": metrics.get("loss")}
+        if split is not None and len(split) and logits:
+            report[name] = _accuracy(run, model, split)
+    size = _size_report(run, model, report.get("val", {}).get("top1"))
+    if size is not None:
+        report["size"] = size
     model.eval()
     return report
+
+
+def _accuracy(run: RunContext, model: nn.Module, split: Split) -> dict[str, float | None]:
+    """``{"top1", "loss"}`` of ``model`` on ``split`` through the run's eval view."""
+    setup, cfg = run.setup, run.config
+    metrics = evaluate(model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
+                       device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                       channels_last=cfg.model.channels_last)
+    return {"top1": metrics.get("final/top1"), "loss": metrics.get("loss")}
+
+
+def _size_report(run: RunContext, model: nn.Module, as_fed: float | None
+                 ) -> dict[str, Any] | None:
+    """For a teacher trained at another input size than the student's (resized inside its
+    slot): both sizes, its val accuracy as fed, and, for comparison, on the same val images at
+    its own size, resized as the data pipeline resizes (:func:`val_at_size`: what it was
+    trained on). None when the sizes agree.
+
+    One more pass over val, without gradient; the source is read again at the teacher's size.
+    """
+    trained, fed = input_size(model), run.setup.data.image_shape[1]
+    if trained is None or trained == fed:
+        return None
+    out: dict[str, Any] = {"trained": trained, "fed": fed, "val_as_fed": as_fed}
+    val = run.setup.data.val
+    if as_fed is None or not len(val):
+        return out
+    try:
+        own = val_at_size(run.config.data, trained)
+    except DataError as err:
+        out["not_measured"] = str(err)
+        return out
+    if not torch.equal(own.labels, val.labels):  # its files changed since the run read them
+        out["not_measured"] = "the val images read again differ from the run's"
+        return out
+    # the adapter leaves images of the teacher's own size as they are
+    out["val_at_trained"] = _accuracy(run, model, own)["top1"]
+    return out
 
 
 def _final_fields(model: nn.Module, setup: Any) -> set[str]:
@@ -260,16 +303,39 @@ def _final_fields(model: nn.Module, setup: Any) -> set[str]:
 
 
 def describe_teacher(report: dict[str, Any]) -> str:
+    """The teacher's line of the run's header: source, accuracy, checksum, class pairing and
+    (at another input size) both sizes with its val accuracy at each."""
     accs = ", ".join(f"{split} {report[split]['top1']:.2f} %" for split in ("val", "test")
                      if split in report and report[split].get("top1") is not None)
     return (f"teacher: {report['source']}" + (f"; {accs}" if accs else "")
             + f"; weights sha256 {report['sha256'][:12]}"
-            + (f"; classes {report['classes']}" if report.get("classes") else ""))
+            + (f"; classes {report['classes']}" if report.get("classes") else "")
+            + (f"; {_describe_size(report['size'])}" if report.get("size") else ""))
+
+
+def _describe_size(size: dict[str, Any]) -> str:
+    """``trained at 16x16, fed this run's 8x8 images resized in its slot: val 54.00 % as fed,
+    64.00 % at its own 16x16; data.image_size=16 feeds it its own size``."""
+    t, f = size["trained"], size["fed"]
+    accs = []
+    if size.get("val_as_fed") is not None:
+        accs.append(f"val {size['val_as_fed']:.2f} % as fed")
+    if size.get("val_at_trained") is not None:
+        accs.append(f"{size['val_at_trained']:.2f} % at its own {t}x{t}")
+    elif size.get("not_measured"):
+        accs.append(f"not measured at {t}x{t}: {size['not_measured']}")
+    return (f"trained at {t}x{t}, fed this run's {f}x{f} images resized in its slot"
+            + (f": {', '.join(accs)}" if accs else "")
+            + f"; data.image_size={t} feeds it its own size")
 
 
 def check_same_teacher(checkpoint: Mapping[str, Any], slots: Mapping[str, Slot],
                        path: Path) -> None:
     """Refuse to resume with a teacher whose weights differ from the run's first start's.
+
+    A run started before the checksum left the slot's wrappers out recorded
+    :func:`~auxilia.teachers.wrapped_checksum`: that one is accepted too (the same config
+    wraps the teacher the same way, so equal weights give the same value).
 
     Raises:
         ConfigError: naming the teacher and both checksums.
@@ -277,6 +343,9 @@ def check_same_teacher(checkpoint: Mapping[str, Any], slots: Mapping[str, Slot],
     recorded, now = checkpoint.get("teacher") or {}, teacher_record(slots)
     if now is None or not recorded.get("sha256") or recorded["sha256"] == now["sha256"]:
         return  # no teacher, or a checkpoint written before teachers were recorded
+    slot = slots[TEACHER]
+    if isinstance(slot, TeacherSlot) and recorded["sha256"] == wrapped_checksum(slot.model):
+        return  # recorded by an older auxilia
     raise ConfigError(
         f"cannot resume from {path}: its teacher ({now['source']}) has other weights than at "
         f"the run's first start (sha256 {recorded['sha256'][:12]} then, {now['sha256'][:12]} "
