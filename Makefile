@@ -1,4 +1,4 @@
-# auxilia: `make demo` trains the default run; `make test` runs the test suite.
+# auxilia: `make demo` trains the default run; `make test` runs the test suite (docs included).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install install-test lint bench bench-cds bench-kd bench-semi clean
+.PHONY: demo test docs install install-test lint bench bench-cds bench-kd bench-semi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt -e '.[test,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,7 +27,12 @@ demo: install
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 	$(BIN)/python -m pytest -q
+
+# the documentation site into site/ (mkdocs.yml; warnings are errors)
+docs: install-test
+	$(BIN)/mkdocs build --strict
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
@@ -55,4 +60,4 @@ bench-kd: install
 	$(BIN)/python benchmarks/sweep_tables.py runs/bench/kd_cifar10
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache

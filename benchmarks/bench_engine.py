@@ -9,7 +9,7 @@ Measures, on this machine:
    dispatch, learning-rate schedule, loss accumulation, logging, the non-finite check).
 
 Usage: ``python benchmarks/bench_engine.py [--repeats 3] [--steps 300]``; writes
-``benchmarks/results/engine.json`` and ``engine.md``, and the table into the README.
+``benchmarks/results/engine.json`` and ``engine.md``, and the table into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -127,12 +127,17 @@ def main() -> None:
 
 
 def write_readme_section(name: str, text: str) -> None:
-    """Replace the README's generated block ``<!-- bench:name -->...<!-- /bench:name -->``."""
-    readme = ROOT / "README.md"
+    """Replace the generated block ``<!-- bench:name -->...<!-- /bench:name -->`` in the docs.
+
+    The block lives in ``docs/benchmarks.md`` or ``docs/performance.md`` (or the README).
+    """
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    holding = [page for page in pages if start in page.read_text()]
+    if not holding:
+        return  # no such section in the docs: the results files are the record
+    readme = holding[0]
     content = readme.read_text()
-    if start not in content:
-        return  # no such section in the README: the results files are the record
     head, _, rest = content.partition(start)
     _, _, tail = rest.partition(end)
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")

@@ -3,7 +3,7 @@ the student and the EMA model, with pseudo-label quality and cost; and Mean Teac
 (its EMA model against its student over training, with and without input noise).
 
 The runs are ``auxilia compare benchmarks/sweeps/semi_<data>.yaml``; this script reads their
-folders only, writes ``benchmarks/results/<name>/semi.md`` and replaces the README's
+folders only, writes ``benchmarks/results/<name>/semi.md`` and replaces docs/benchmarks.md's
 ``<!-- bench:<name> -->`` block (and ``<!-- bench:<name>_mean_teacher -->``).
 
 Usage: ``python benchmarks/semi_tables.py runs/bench/semi_digits [runs/bench/semi_mnist]``

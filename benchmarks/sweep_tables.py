@@ -1,8 +1,8 @@
-"""A finished (or partly finished) sweep's report into ``benchmarks/results`` and the README.
+"""A finished or partly finished sweep's report into ``benchmarks/results`` and docs/benchmarks.md.
 
 The comparison itself is ``auxilia compare benchmarks/sweeps/<name>.yaml``; this script only
 re-runs ``auxilia report`` on its folder, copies ``results.md`` / ``results.csv`` /
-``runs.csv`` and the plots to ``benchmarks/results/<name>/``, and replaces the README's
+``runs.csv`` and the plots to ``benchmarks/results/<name>/``, and replaces docs/benchmarks.md's
 ``<!-- bench:<name> -->`` block with the table.
 
 Usage: ``python benchmarks/sweep_tables.py runs/bench/cds_cifar10``
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the sweep folder (<run.dir>/<sweep name>)")
-    parser.add_argument("--name", default=None, help="results folder and README block "
+    parser.add_argument("--name", default=None, help="results folder and docs block "
                                                      "(default: the sweep folder's name)")
     args = parser.parse_args()
     folder = Path(args.sweep)

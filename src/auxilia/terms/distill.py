@@ -181,7 +181,8 @@ class ProjectionDistance(Term):
     Args:
         student: the student's projections, one :class:`Ref` per view ``[B, D_s]``.
         teacher: the teacher's, on the same views ``[B, D_t]``.
-        student_dim, teacher_dim: ``D_s`` and ``D_t``.
+        student_dim: ``D_s``.
+        teacher_dim: ``D_t``.
         init_seed: the stream the adaptation layer is initialised from.
     """
 
