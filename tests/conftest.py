@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests never touch the network: hub look-ups are switched off."""
+"""Shared fixtures. Tests never touch the network: hub look-ups are switched off.
+
+``HF_HUB_OFFLINE=1`` is forced (not defaulted: a developer's ``HF_HUB_OFFLINE=0`` would let a
+test download) before anything imports huggingface_hub, which reads it once; subprocesses
+inherit it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -87,7 +87,9 @@ def test_large_images_get_a_model_and_size_that_fit_and_the_run_says_so(
     out = capsys.readouterr().out
     assert ("auto: model resnet20 at 32x32 for 64x64 RGB images, training on CPU; choose with "
             "model.name=... and data.image_size=...") in out
-    assert result.run_dir.name == "folder-scenes-resnet20-supervised-s0"
+    # the size auto chose is in the name, with the settings that differ from the defaults
+    assert result.run_dir.name == ("folder-scenes-resnet20-supervised-s0-image_size32-"
+                                   "batch_size8-steps3")
     saved = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["config"]
     assert (saved["model"]["name"], saved["data"]["image_size"]) == ("resnet20", 32)
     assert result.summary["splits"]["train"]["origin"] == "folder train/"
@@ -243,7 +245,7 @@ def test_pretrained_weights_without_network_say_how_to_pass_a_file(
         raise AssertionError("only the pretrained call is expected")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(ValueError, match=r"model\.pretrained=true: the weights of timm/resnet18 "
-                                         r"are not in this machine's cache .*model\.weights="
-                                         r"PATH"):
+    with pytest.raises(ValueError, match=r"model\.pretrained=true: timm/resnet18's weights are "
+                                         r"not in the Hugging Face cache .*model\.weights="
+                                         r"FILE"):
         create_backbone("timm/resnet18", in_chans=3, image_size=32, pretrained=True)

@@ -6,16 +6,19 @@ normalised ``float32`` batch ``[B, C, H, W]`` (the batch size is free) to logits
 ``[B, num_classes]``; a JSON sidecar (``model.json`` beside ``model.*``) says how to normalise
 its input and names the classes, so the file is usable without auxilia.
 
-ONNX goes through the TorchScript-based exporter (``dynamo=False``): the ``torch.export``-based
-one needs the ``onnxscript`` package, which the offline install lacks; the legacy exporter needs
-only the ``onnx`` package (a main dependency) and writes a graph with a dynamic batch axis.
+ONNX goes through the TorchScript-based exporter (``dynamo=False``, an argument since torch
+2.5, hence auxilia's lower bound; torch 2.9 made ``True`` the default): the ``torch.export``-based
+one needs the ``onnxscript`` package too, a dependency auxilia does without; the legacy exporter
+needs only the ``onnx`` package (a main dependency) and writes a graph with a dynamic batch axis.
 
-Every file is written to a temporary sibling and renamed (:func:`atomic_write`), so a failed
-export leaves the previous files as they were. Everything is checked before anything is written:
-the format and its package, the file name (its suffix must be the format's, so the model and
-its ``.json`` sidecar never share a name), the place (no device, FIFO or socket, nothing in
-``/dev``, ``/proc`` or ``/sys``: :mod:`auxilia.engine.export_checks`), files in the way, and
-that the checkpoint loads.
+Every file is written to a temporary sibling and renamed (:func:`atomic_write`), and a failed
+export is undone as a whole (:func:`~auxilia.engine.export_checks.all_or_nothing`): whatever
+failed (the exporter, the disk, Ctrl-C), the previous files are as they were and nothing new is
+left, not even the ``export/`` folder it created. Everything is checked before anything is
+written: the format and its package, the file name (its suffix must be the format's, so the
+model and its ``.json`` sidecar never share a name), the place (no device, FIFO or socket,
+nothing in ``/dev``, ``/proc`` or ``/sys``: :mod:`auxilia.engine.export_checks`), files in the
+way, and that the checkpoint loads.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import nn
 from auxilia import jsonio
 from auxilia.data.config import RESIZE_METHOD
 from auxilia.engine.checkpoint import atomic_write, atomic_write_path
-from auxilia.engine.export_checks import check_out, check_packages
+from auxilia.engine.export_checks import all_or_nothing, check_out, check_packages
 from auxilia.engine.reload import load_run, resolve_checkpoint
 from auxilia.engine.setup import Setup
 
@@ -162,6 +165,9 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
         ImportError: the format's package is missing, naming the install command.
         CheckpointError: the checkpoint does not load; nothing is written then.
         OSError: a write failed; the message names the file, which is unchanged.
+
+    Whatever is raised (``KeyboardInterrupt`` included), the model file and its sidecar are as
+    they were before, and folders the export created are removed again.
     """
     target = export_target(path, fmt, out)
     sidecar = target.with_suffix(".json")
@@ -172,13 +178,14 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
     _check_sidecar(sidecar, card, overwrite)
     model = setup.model.strip().eval()
     example = example_batch(setup)
-    if fmt == "torchscript":
-        export_torchscript(model, example, target)
-    elif fmt == "onnx":
-        export_onnx(model, example, target)
-    else:
-        export_state_dict(model, target, {"auxilia": jsonio.dumps(card)})
-    _write_sidecar(sidecar, card, fmt, target)
+    with all_or_nothing(target, sidecar):  # a failure leaves no folder, file or sidecar of ours
+        if fmt == "torchscript":
+            export_torchscript(model, example, target)
+        elif fmt == "onnx":
+            export_onnx(model, example, target)
+        else:
+            export_state_dict(model, target, {"auxilia": jsonio.dumps(card)})
+        _write_sidecar(sidecar, card, fmt, target)
     return ExportResult(target, sidecar, fmt, card["params"], card["params_trained"])
 
 

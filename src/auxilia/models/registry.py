@@ -119,7 +119,9 @@ def create_backbone(
         name: a zoo name (see :func:`list_models`) or ``"timm/<timm name>"``.
         in_chans: input channels.
         image_size: input side; used by models that need it (timm ViT / Mixer, ConvNet-13 check).
-        pretrained: timm models only: download timm's weights. Our zoo ships none.
+        pretrained: timm models only: timm's pretrained weights, from the Hugging Face cache or
+            downloaded into it (:class:`~auxilia.models.timm_backbone.TimmBackbone`). Our zoo
+            ships none.
         weights: local state_dict file (``.pth``, ``.pt``, ``.safetensors``), or a run's
             checkpoint (its backbone part). Loaded strictly into zoo models, non-strictly
             (classifier keys aside) into timm models.

@@ -15,12 +15,15 @@ import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
+from urllib.error import URLError
 
 import timm
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
 from auxilia.models.backbone import Backbone
+from auxilia.models.pretrained import weights_unavailable_message
 from auxilia.models.weights import read_weights
 
 FeatureMode = Literal["auto", "intermediates", "features_only"]
@@ -41,9 +44,13 @@ def _check_timm_name(name: str) -> None:
 def _create(name: str, image_size: int, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` with ``img_size`` for the models that take it (ViT, Mixer, ...).
 
+    ``pretrained=True`` fetches the weights as timm does: from the Hugging Face cache, else
+    from the Hub (nothing but the cache when ``HF_HUB_OFFLINE=1``).
+
     Raises:
-        ValueError: ``pretrained`` weights that are not in the local cache: auxilia never
-            downloads at run time, and the message says how to give a local file instead.
+        ValueError: ``pretrained`` weights neither cached nor downloadable (offline, or no route
+            to the Hub), in one line saying how to get them or give a local file instead
+            (:func:`~auxilia.models.pretrained.weights_unavailable_message`).
     """
     try:
         try:
@@ -52,24 +59,10 @@ def _create(name: str, image_size: int, **kwargs: Any) -> nn.Module:
             if "img_size" not in str(err):
                 raise
             return timm.create_model(name, **kwargs)
-    except Exception as err:
-        if kwargs.get("pretrained") and _is_download_error(err):
-            raise ValueError(
-                f"model.pretrained=true: the weights of timm/{name} are not in this machine's "
-                "cache and auxilia does not download weights at run time; pass a local "
-                "state_dict file with model.weights=PATH (.safetensors, .pth or .pt; e.g. "
-                "saved once on a machine with network access) and model.pretrained=false, "
-                "or train from scratch with model.pretrained=false") from None
-        raise
-
-
-def _is_download_error(err: BaseException) -> bool:
-    """Whether ``err`` comes from fetching weights (hub look-up, cache miss, no network)."""
-    module = type(err).__module__
-    text = str(err).lower()
-    return (module.startswith(("huggingface_hub", "requests", "urllib3", "urllib"))
-            or any(k in text for k in ("local cache", "offline", "connection", "download",
-                                       "hub")))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, URLError, ConnectionError) as err:
+        if not kwargs.get("pretrained"):
+            raise
+        raise ValueError(weights_unavailable_message(name)) from err
 
 
 def _to_nchw(final: torch.Tensor, last: torch.Tensor, output_fmt: str) -> torch.Tensor:
@@ -98,7 +91,10 @@ class TimmBackbone(Backbone):
         in_chans: input channels.
         image_size: input side, passed as ``img_size`` to models that take it (ViT, Mixer) and
             used for one dry forward that fixes ``stage_channels`` / ``stage_strides``.
-        pretrained: download timm's pretrained weights (off by default).
+        pretrained: load timm's pretrained weights (off by default): from the Hugging Face
+            cache, downloaded into it when the machine is online, or from a local file given as
+            ``pretrained_cfg_overlay={"file": PATH}`` (timm then adapts them as it adapts its
+            own, e.g. to ``in_chans=1``).
         weights: local ``.pth`` / ``.pt`` / ``.safetensors`` state_dict loaded with
             ``strict=False`` (classifier keys may be missing or unexpected).
         feature_mode: ``"intermediates"`` (``forward_intermediates``: every stage plus the final
