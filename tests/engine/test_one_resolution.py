@@ -125,3 +125,36 @@ def test_a_single_run_prints_model_and_budget_lines(tmp_path: Path,
                      re.MULTILINE)
     assert re.search(r"^train: 3 steps \(.* epochs of \d+ steps\) at batch 8, sgd lr 0\.05, "
                      r"schedule cosine, evaluating every 3 steps$", out, re.MULTILINE)
+
+
+def test_on_a_gpu_auto_fine_tunes_a_pretrained_backbone_when_its_weights_are_at_hand(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from auxilia.engine import auto
+    from auxilia.models.pretrained import PretrainedChoice
+
+    config = load_config(None, [])
+    pick = PretrainedChoice("timm/resnet18.a1_in1k", True, 224, "auto: timm/resnet18.a1_in1k ...")
+    monkeypatch.setattr(auto, "gpu_pretrained_choice", lambda channels, side: pick)
+    resolved, line = auto.resolve_auto(config, gpu=True, shape=(3, 200, False))
+    assert (resolved.model.name, resolved.model.pretrained, resolved.data.image_size) == (
+        "timm/resnet18.a1_in1k", True, 224)
+    assert line == pick.reason
+    # on a CPU, or with a named model or size, the table applies as before
+    assert auto.resolve_auto(config, gpu=False, shape=(3, 200, False))[0].model.name == "resnet20"
+    named = load_config(None, ["model.name=resnet8"])
+    assert auto.resolve_auto(named, gpu=True, shape=(3, 200, False))[0].data.image_size == 64
+    # weights that cannot be had: the from-scratch choice
+    monkeypatch.setattr(auto, "gpu_pretrained_choice", lambda channels, side: None)
+    resolved, _ = auto.resolve_auto(config, gpu=True, shape=(3, 200, False))
+    assert (resolved.model.name, resolved.data.image_size) == ("resnet18", 64)
+
+
+def test_a_named_pretrained_timm_model_trains_at_its_pretraining_size(tmp_path: Path) -> None:
+    from auxilia.engine.auto import resolve_auto
+
+    pretrained = load_config(None, ["model.name=timm/resnet18.a1_in1k", "model.pretrained=true"])
+    resolved, line = resolve_auto(pretrained, gpu=False, shape=(3, 200, False))
+    assert resolved.data.image_size == 224
+    assert line is not None and "at 224x224 (its pretraining size)" in line
+    scratch = load_config(None, ["model.name=timm/resnet18.a1_in1k"])
+    assert resolve_auto(scratch, gpu=False, shape=(3, 200, False))[0].data.image_size == 32

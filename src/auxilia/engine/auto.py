@@ -11,6 +11,11 @@ image folders and CSVs, without decoding) and the training device:
 | 17-36 px, RGB | any | ``resnet20`` | native |
 | larger than 36 px | CPU | ``resnet20`` | 32 px |
 | larger than 36 px | GPU | ``resnet18`` (3x3 stem) | 64 px |
+| 64 px or larger | GPU, weights at hand | ``timm/resnet18.a1_in1k``, pretrained | 224 px |
+
+The last row (:func:`auxilia.models.pretrained.gpu_pretrained_choice`) needs the weights in the
+Hugging Face cache, or a machine online; without them the row above applies. A named timm model
+with ``model.pretrained=true`` and ``data.image_size: auto`` trains at its pretraining size.
 
 "Native" is the median side when the images differ in size (they must share one to be
 stacked). A named model still gets its input size from the table (``data.image_size=native``
@@ -35,6 +40,7 @@ from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.device import pick_device
+from auxilia.models.pretrained import gpu_pretrained_choice, pretrained_input_size
 
 __all__ = ["AUTO", "choose", "native_shape", "resolve", "resolve_auto", "resolve_for"]
 
@@ -126,16 +132,24 @@ def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None 
         return _with(config, "small_cnn" if model_auto else config.model.name,
                      "native" if size_auto else config.data.image_size), None
     channels, side, differ = shape
+    if model_auto and size_auto and gpu and (pick := gpu_pretrained_choice(channels, side)):
+        return _with(config, pick.name, pick.size, pretrained=True), pick.reason
     if size_auto:
         name, size = choose(channels, side, gpu, size_given=False)
         if size is None and differ:
             size = side  # one size is needed to stack them: the median side
+        trained_at = None if model_auto or not config.model.pretrained else \
+            pretrained_input_size(config.model.name)
+        size = trained_at or size  # pretrained weights are fine-tuned at their own size
     else:  # a named size (or native) picks the model
         size = config.data.size
         name, _ = choose(channels, size or side, gpu, size_given=True)
+        trained_at = None
     name = name if model_auto else config.model.name
-    return _with(config, name, size if size is not None else "native"), _line(
-        name, size, shape, gpu, model_auto, size_auto)
+    line = _line(name, size, shape, gpu, model_auto, size_auto)
+    if trained_at:
+        line = line.replace(f" at {size}x{size} ", f" at {size}x{size} (its pretraining size) ")
+    return _with(config, name, size if size is not None else "native"), line
 
 
 def _line(name: str, size: int | None, shape: tuple[int, int, bool], gpu: bool,
@@ -150,9 +164,13 @@ def _line(name: str, size: int | None, shape: tuple[int, int, bool], gpu: bool,
             f"; choose with {keys}")
 
 
-def _with(config: Config, model: str, size: int | str) -> Config:
+def _with(config: Config, model: str, size: int | str, pretrained: bool | None = None
+          ) -> Config:
     data = config.data.model_copy(update={"image_size": size})
-    return config.model_copy(update={"model": config.model.model_copy(update={"name": model}),
+    update: dict[str, object] = {"name": model}
+    if pretrained is not None:
+        update["pretrained"] = pretrained
+    return config.model_copy(update={"model": config.model.model_copy(update=update),
                                      "data": data})
 
 
