@@ -119,17 +119,17 @@ def tiny_budget(argv: list[str]) -> list[str]:
 def write_photos(root: Path) -> None:
     """A small folder of JPEG photos: train/ and test/ class folders, each class its own tint.
 
-    16x16 pixels and 16 training images per class keep every command at about a second (the
-    folder path is the same at any size); 16 leave the quick start's ``labels_per_class=10``
-    some unlabeled images once val is carved.
+    48x48 pixels are larger than ``auto`` takes as they are, so the commands go through the
+    resize a user's photos go through (to 32x32 on a CPU); 24 training images per class leave
+    the quick start's ``labels_per_class=10`` and ``val_per_class=10`` some unlabeled images.
     """
     rng = np.random.default_rng(0)
-    for split, count in (("train", 16), ("test", 4)):
+    for split, count in (("train", 24), ("test", 4)):
         for label, name in enumerate(CLASSES):
             folder = root / split / name
             folder.mkdir(parents=True)
             for k in range(count):
-                pixels = rng.integers(0, 160, (16, 16, 3), dtype=np.uint8)
+                pixels = rng.integers(0, 160, (48, 48, 3), dtype=np.uint8)
                 pixels[..., label] += 90  # each class leans to its own colour
                 Image.fromarray(pixels).save(folder / f"{name}_{k}.jpg", quality=90)
 

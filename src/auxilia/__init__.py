@@ -29,9 +29,10 @@ def train(config: Any = None, *, resume: bool = False, overwrite: bool = False,
     """
     from auxilia.config import Config, parse_config, read_yaml, set_dotted
     from auxilia.engine import train as engine_train
+    from auxilia.method_defaults import user_settings
 
-    if isinstance(config, Config):
-        raw = config.to_dict()
+    if isinstance(config, Config):  # what its user set: an overridden method brings its defaults
+        raw = user_settings(config)
     elif isinstance(config, dict):
         raw = dict(config)
     elif config is not None:

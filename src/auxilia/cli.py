@@ -29,7 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for "Resume with: ..." lines
@@ -144,7 +143,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(path, items)
     if args.resume:
-        folder = Path(config.run.dir) / config.run_name()
+        from auxilia.engine.auto import resolve
+
+        # named as training names it: after auto's model and size are resolved
+        folder = Path(config.run.dir) / resolve(config)[0].run_name()
         if Path(args.resume).resolve() != folder.resolve():
             raise ValueError(f"--resume {args.resume} but the config's run folder is {folder}")
     result = train(config, resume=args.resume is not None, overwrite=args.overwrite)
@@ -186,27 +188,21 @@ def _rounds(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict) -> None:
+    """The final table: every evaluated model (:mod:`auxilia.summary_table`), why the deployed
+    one is, and the run's size and speed."""
     from rich.console import Console
-    from rich.table import Table
 
-    best = summary.get("best_val")
+    from auxilia.summary_table import deployed_line, summary_table
+
     console = Console()
-    if not best:
+    if not summary.get("best_val"):
         console.print(f"{summary['run']}: no evaluation had a finite validation loss and top-1, "
                       "so no checkpoint was selected (no best.pt); see metrics.jsonl")
         return
-    table = Table(title=f"{summary['run']}  (selected on val at step {best['step']})")
-    table.add_column("exit")
-    for col in ("val top1", "test top1", "test top5", "last test top1"):
-        table.add_column(col, justify="right")
-    for exit_name in summary["exits"]:
-        key = f"{exit_name}/top1"
-        if key not in best["test"] and key not in best["val"]:
-            continue
-        table.add_row(exit_name, _fmt(best["val"].get(key)), _fmt(best["test"].get(key)),
-                      _fmt(best["test"].get(f"{exit_name}/top5")),
-                      _fmt(summary["last"].get(f"test/{key}")))
-    console.print(table)
+    console.print(summary_table(summary))
+    line = deployed_line(summary)
+    if line:
+        console.print(line, highlight=False, markup=False)
     console.print(f"{summary['steps']} steps, {summary['train_seconds']:.1f} s of training, "
                   f"{summary['train_images_per_s']:.0f} images/s; parameters "
                   f"{summary['params']['total']:,} in training ("
@@ -215,7 +211,9 @@ def _print_summary(summary: dict) -> None:
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    from auxilia.summary_table import fmt
+
+    return fmt(value)
 
 
 def _thresholds(text: str) -> list[float]:
@@ -252,6 +250,8 @@ def _eval(args: argparse.Namespace) -> int:
     report = anytime_report(args.path, args.checkpoint, splits, thresholds=args.thresholds,
                             latency_batch=args.latency_batch, data_root=args.data_root)
     console = Console()
+    for line in report["header"]:
+        console.print(line, highlight=False, markup=False)
     console.print(_exit_table(report, f"{args.path} (step {report['step']})"))
     console.print(
         f"params, MFLOPs per image and CPU ms per batch of {report['latency_batch']} count what "
@@ -327,6 +327,8 @@ def _export(args: argparse.Namespace) -> int:
     result = export_run(args.path, args.format, args.out, args.checkpoint, args.overwrite,
                         data_root=args.data_root)
     removed = result.params_trained - result.params_exported
+    for line in result.header:
+        print(line)
     print(f"exported {args.format} to {result.path} (described in {result.sidecar})")
     print(f"parameters: {result.params_exported:,} exported, {result.params_trained:,} trained "
           f"({removed:,} in training-only heads removed)")

@@ -6,6 +6,7 @@ Every section forbids unknown keys. Errors are collected and reported together a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,11 @@ from auxilia.config_errors import ConfigError
 from auxilia.config_errors import describe as _describe
 from auxilia.config_errors import suggest as _suggest
 from auxilia.data.config import DataConfig
+from auxilia.durations import canonical_duration, parse_duration
+from auxilia.method_defaults import apply_method_defaults
 from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
+from auxilia.run_names import MAX_RUN_NAME, default_run_name
 from auxilia.strict import Strict
 from auxilia.teachers import TeacherConfig
 from auxilia.yamlio import DuplicateKeyError
@@ -33,9 +37,6 @@ from auxilia.yamlio import problem as _yaml_problem
 SEED_MAX = 2**32 - 1
 """Seeds are integers in ``[0, SEED_MAX]``: what ``numpy.random.seed`` accepts (torch takes more,
 but the run seeds NumPy with the same number)."""
-
-
-MAX_RUN_NAME = 128
 
 
 def check_run_name(name: str) -> str:
@@ -109,6 +110,12 @@ class ScheduleConfig(Strict):
 class TrainConfig(Strict):
     """Training length, evaluation cadence and numerics.
 
+    The length is ``epochs``, ``steps`` (which replaces ``epochs``) or ``time``, a wall-clock
+    budget (``15m``, ``90s``, ``1h30m``, ``2.5m``, seconds as a number) from which the run
+    derives its number of steps by timing its first steps and one evaluation
+    (:mod:`auxilia.engine.speed`); ``time`` replaces ``epochs`` (which is then ignored) and
+    refuses ``steps``, a second length.
+
     ``eval_every`` is a number of steps (``100``, ``"100 steps"``) or of epochs
     (``"2 epochs"``, ``"0.5 epoch"``, ``"2ep"``); the default is once per epoch.
     ``test_eval`` says when the test split is evaluated: ``every`` evaluation, only when the
@@ -119,6 +126,8 @@ class TrainConfig(Strict):
 
     epochs: float | None = Field(default=30, gt=0)
     steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
+    time: str | None = Field(default=None, description="a wall-clock budget (15m, 90s, 1h30m): "
+                             "the steps are derived from the run's measured speed")
     eval_every: int | str | None = Field(
         default=None, description="steps (100) or epochs ('2 epochs'); default once per epoch")
     test_eval: Literal["every", "selected", "auto"] = "auto"
@@ -144,6 +153,41 @@ class TrainConfig(Strict):
             raise ValueError(f"expected a number of steps (100, '100 steps') or of epochs "
                              f"('2 epochs', '0.5 epoch', '2ep'), greater than 0; got {value!r}")
         return parsed
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> str | None:
+        """A duration in its canonical spelling (``90s`` → ``1m30s``), so that
+        ``config.yaml``, the resume check and a sweep's record do not depend on spelling."""
+        return None if value is None else canonical_duration(value)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        """``time`` replaces ``epochs`` (as ``steps`` does: ``epochs`` always has a value);
+        with ``steps`` it is refused: two lengths, and no way to tell which one was meant."""
+        if self.time is not None and self.steps is not None:
+            raise ValueError(f"train.time={self.time} and train.steps={self.steps} both set "
+                             "the run's length; give one (train.steps=null keeps the time)")
+        return self
+
+    @property
+    def time_seconds(self) -> float | None:
+        """``time`` in seconds, or None without a time budget."""
+        return None if self.time is None else parse_duration(self.time)
+
+    def total_steps(self, steps_per_epoch: int, derived: int | None = None) -> int:
+        """The run's number of optimizer steps: ``steps``, ``epochs`` of ``steps_per_epoch``
+        (rounded up), or with ``time`` the ``derived`` count the run measured and recorded.
+
+        Raises:
+            ValueError: ``time`` is set and no count was derived yet.
+        """
+        if self.time is not None:
+            if derived is None:
+                raise ValueError(f"train.time={self.time}: the number of steps is derived "
+                                 "when training starts, and none was derived yet")
+            return derived
+        return self.steps or math.ceil(float(self.epochs or 1) * steps_per_epoch)
 
     def eval_every_steps(self, steps_per_epoch: int) -> int:
         """``eval_every`` in optimizer steps (at least 1); epochs are rounded to whole steps."""
@@ -185,8 +229,8 @@ class RunConfig(Strict):
     """Where the run folder goes and what it holds."""
 
     dir: str = "runs"
-    name: str | None = Field(default=None,
-                             description="default: <source>-<model>-<methods>-s<seed>")
+    name: str | None = Field(default=None, description="default: <source>-<model>-<methods>-"
+                             "s<seed>, then the settings that differ from their defaults")
     tensorboard: bool = True
     plot: bool = True
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
@@ -222,30 +266,15 @@ class Config(Strict):
     def _defaults(self) -> Config:
         if not self.method:
             self.method = [RECIPES["supervised"].params(name="supervised")]
-        if self.train.steps is None and self.train.epochs is None:
-            raise ValueError("set train.epochs or train.steps")
+        if self.train.steps is None and self.train.epochs is None and self.train.time is None:
+            raise ValueError("set train.epochs, train.steps or train.time")
+        apply_method_defaults(self)  # the methods' own optimizer and schedule, where unset
         return self
 
     def run_name(self) -> str:
-        """The run folder's name: ``run.name`` or one derived from the config."""
-        if self.run.name:
-            return self.run.name
-        methods = "+".join(m.name for m in self.method)
-        model = self.model.name.replace("/", "-")
-        return f"{self._data_name()}-{model}-{methods}-s{self.seed}"[:MAX_RUN_NAME]
-
-    def _data_name(self) -> str:
-        """``folder-<root's name>`` / ``csv-<name>`` tell two datasets of one source apart."""
-        data = self.data
-        if data.source not in ("folder", "csv"):
-            return data.source
-        anchor = data.root or (data.csv.train if data.csv is not None else None)
-        if anchor is None:
-            return data.source
-        path = Path(anchor).expanduser()
-        name = (path.resolve().name if data.root else path.stem) or "data"
-        plain = "".join(c if c.isalnum() or c in "-_+" else "_" for c in name).lstrip("._")
-        return f"{data.source}-{plain[:40] or 'data'}"
+        """The run folder's name: ``run.name``, else :func:`auxilia.run_names.default_run_name`
+        (data, model, methods, seed, then every setting unlike its default)."""
+        return self.run.name or default_run_name(self)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -87,9 +87,8 @@ def test_large_images_get_a_model_and_size_that_fit_and_the_run_says_so(
     out = capsys.readouterr().out
     assert ("auto: model resnet20 at 32x32 for 64x64 RGB images, training on CPU; choose with "
             "model.name=... and data.image_size=...") in out
-    # the size auto chose is in the name, with the settings that differ from the defaults
-    assert result.run_dir.name == ("folder-scenes-resnet20-supervised-s0-image_size32-"
-                                   "batch_size8-steps3")
+    # the model auto chose is in the name, with the settings the user set unlike the defaults
+    assert result.run_dir.name == "folder-scenes-resnet20-supervised-s0-batch_size8-steps3"
     saved = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["config"]
     assert (saved["model"]["name"], saved["data"]["image_size"]) == ("resnet20", 32)
     assert result.summary["splits"]["train"]["origin"] == "folder train/"

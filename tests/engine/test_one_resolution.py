@@ -66,7 +66,25 @@ def test_a_named_model_is_not_a_named_size(tmp_path: Path) -> None:
     assert line is not None and "choose with data.image_size=..." in line
     native = load_config(None, ["data.source=folder", f"data.root={root}",
                                 "model.name=resnet8", "data.image_size=native"])
-    assert resolve(native) == (native, None)
+    resolved, line = resolve(native)
+    assert (resolved.model.name, resolved.data.image_size, line) == ("resnet8", "native", None)
+
+
+def test_a_run_is_named_from_what_the_user_set_and_records_the_name(tmp_path: Path) -> None:
+    root = _photos(tmp_path / "photos")
+    config = load_config(None, ["data.source=folder", f"data.root={root}"])
+    resolved, _ = resolve(config)
+    # auto's model is in the name, auto's input size is not a setting of the user's
+    assert resolved.run.name == "folder-photos-resnet20-supervised-s0"
+    sized = load_config(None, ["data.source=folder", f"data.root={root}", "data.image_size=48"])
+    assert resolve(sized)[0].run.name == "folder-photos-resnet20-supervised-s0-image_size48"
+    named = load_config(None, ["data.source=folder", f"data.root={root}", "run.name=mine"])
+    assert resolve(named)[0].run.name == "mine"
+    result = train(load_config(None, ["data.source=folder", f"data.root={root}",
+                                      f"run.dir={tmp_path / 'runs'}", "run.progress=off",
+                                      *QUIET]))
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["run"]["name"] == result.run_dir.name
 
 
 def test_splits_loaded_from_the_resolved_config_resolve_as_files_do(tmp_path: Path) -> None:

@@ -63,12 +63,16 @@ class SweepProgress:
             self._live.stop()
         self.console.print(self._summary_line(), highlight=False, soft_wrap=True)
 
-    def start(self, index: int, total: int) -> None:
-        self.total[index], self.started[index] = total, time.monotonic()
+    def start(self, index: int, total: int | None) -> None:
+        """A run starts: ``total`` steps, or None when a time budget derives them."""
+        self.started[index] = time.monotonic()
+        if total is not None:
+            self.total[index] = total
         self.running.add(index)
         if self._live is None:
+            what = f"{total} steps" if total is not None else "a time budget"
             self.console.print(f"[{self.done + self.failed + 1}/{len(self.keys)}] "
-                               f"{self.keys[index]}: training ({total} steps)",
+                               f"{self.keys[index]}: training ({what})",
                                highlight=False, soft_wrap=True)
 
     def step(self, index: int, step: int) -> None:
@@ -89,11 +93,12 @@ class SweepProgress:
         return due
 
     def _step_line(self, index: int) -> str:
-        step, total = self.step_now.get(index, 0), self.total.get(index, 0)
+        step, total = self.step_now.get(index, 0), self.total.get(index)
         elapsed = time.monotonic() - self.started.get(index, time.monotonic())
         done = step - self.first_step.get(index, 0)
-        line = f"  {self.keys[index]}: step {step}/{total}, {format_seconds(elapsed)} elapsed"
-        if done > 0:
+        line = (f"  {self.keys[index]}: step {step}/{total or '?'}, "
+                f"{format_seconds(elapsed)} elapsed")
+        if done > 0 and total is not None:
             line += f", ~{format_seconds(elapsed / done * max(0, total - step))} left in this run"
         left = self.seconds_left()
         return line + (f", ~{format_seconds(left)} left in the sweep" if left is not None else "")

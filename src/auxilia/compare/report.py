@@ -12,7 +12,13 @@ from typing import Any
 
 from auxilia.compare.collect import Collection, RunRecord
 from auxilia.compare.plots import write_plots
-from auxilia.compare.tables import markdown, runs_csv, variant_figures, variants_csv
+from auxilia.compare.tables import (
+    describe_budget,
+    markdown,
+    runs_csv,
+    variant_figures,
+    variants_csv,
+)
 from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
 from auxilia.engine.owned import MARKERS, OwnedFolder
 
@@ -108,13 +114,11 @@ def describe_setting(collection: Collection, k: int) -> str:
     if first is not None:
         cfg, s = first.config, first.summary
         data, train = cfg.get("data", {}), cfg.get("train", {})
-        budget = (f"{train['steps']} steps" if train.get("steps")
-                  else f"{train.get('epochs'):g} epochs")
         splits = s.get("splits", {})
         sizes = ", ".join(f"{n} {v.get('count')}" for n, v in splits.items())
         parts.append(f"data {data.get('source')} ({sizes}), model "
-                     f"{cfg.get('model', {}).get('name')}, {budget} at batch "
-                     f"{data.get('batch_size')}, {s.get('steps')} steps per run")
+                     f"{cfg.get('model', {}).get('name')}, "
+                     + describe_budget(train, data.get("batch_size"), s.get("steps")))
         machine = s.get("machine") or {}
         if machine:
             parts.append(f"trained on {machine.get('device')} ({machine.get('name')}, "

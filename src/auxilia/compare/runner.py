@@ -136,14 +136,17 @@ def _checked_plan(sweep: Sweep, owner: OwnedFolder) -> list[PlannedRun]:
     return plan_sweep(sweep)
 
 
-def _total_steps(config: Config, data: DatasetSplits) -> int:
+def _total_steps(config: Config, data: DatasetSplits) -> int | None:
+    """The run's steps as training counts them (its labeled stream drops the last incomplete
+    batch), or None for a ``train.time`` budget: the run derives its steps as it starts."""
+    if config.train.time is not None:
+        return None
     n = len(data.train)
-    per_epoch = max(1, n // min(config.data.batch_size, n))
-    return config.train.steps or max(1, round(float(config.train.epochs or 1) * per_epoch))
+    return config.train.total_steps(max(1, n // min(config.data.batch_size, n)))
 
 
 def _train_one(config: Config, status: str, overwrite: bool, cache: DataCache, stop: StopFlag,
-               started: Callable[[int], None], step: Callable[[int], None],
+               started: Callable[[int | None], None], step: Callable[[int], None],
                header: Header) -> dict[str, Any]:
     """Train or resume one run; returns its summary.
 

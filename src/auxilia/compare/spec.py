@@ -1,9 +1,11 @@
 """A sweep: one base config, variants (methods, overrides, ablations), seeds and one budget.
 
 Every run of a sweep is the base config with the sweep's overrides, then the variant's method
-and overrides, then the seed and the budget (``train.epochs`` / ``train.steps``), which no
-variant may change: every variant trains on the same data split, from the same initialisation
-and views at each seed (the engine's per-purpose seeds), for the same number of steps. Runs go
+and overrides, then the seed and the budget (``train.epochs`` / ``train.steps`` /
+``train.time``), which no variant may change: every variant trains on the same data split, from
+the same initialisation and views at each seed (the engine's per-purpose seeds), for the same
+number of steps, or under ``train.time`` for the same wall time (each run deriving its own
+steps from its own speed, so methods of different cost compare on equal time). Runs go
 to ``<run.dir>/<sweep name>/<variant folder>/seed<k>``, ordinary run folders. ``{seed}`` in an
 override's value is the run's seed (``teacher.run=runs/teachers/seed{seed}``).
 """
@@ -17,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
 from auxilia.config import read_yaml as _read_yaml
 from auxilia.config_errors import describe, repeated_override
+from auxilia.durations import canonical_duration
 from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.runstatus import Status, config_differences, folder_status
+from auxilia.method_defaults import user_settings
 from auxilia.paths import regular_file
 from auxilia.strict import Strict
 from auxilia.yamlio import load_value
@@ -31,7 +35,8 @@ from auxilia.yamlio import load_value
 __all__ = ["PlannedRun", "Sweep", "SweepError", "Variant", "load_sweep", "plan_sweep",
            "quick_sweep", "split_methods", "sweep_folder"]
 
-BUDGET_KEYS = ("train.epochs", "train.steps", "data.batch_size", "data.train_subset")
+BUDGET_KEYS = ("train.epochs", "train.steps", "train.time", "data.batch_size",
+               "data.train_subset")
 """What sets a run's budget: the sweep's, never a variant's."""
 RESULTS = "results"
 """The report folder inside a sweep folder."""
@@ -69,7 +74,8 @@ class Sweep:
         variants: the arms, in display order.
         seeds: the seeds every variant runs with.
         overrides: items for every run, before the variant's.
-        budget: ``{"epochs": E}`` and/or ``{"steps": N}``; every run gets exactly this.
+        budget: ``{"epochs": E}`` and/or ``{"steps": N}``, or ``{"time": "2m"}`` (a
+            canonical duration); every run gets exactly this, and nothing else of the base's.
         baseline: the variant that paired comparisons are against (default: the first).
         k: evaluations in the "median of the last k" figure.
         workers: runs trained at once, each in its own process.
@@ -80,7 +86,7 @@ class Sweep:
     variants: tuple[Variant, ...]
     seeds: tuple[int, ...] = (0, 1, 2)
     overrides: tuple[str, ...] = ()
-    budget: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, float | str] = field(default_factory=dict)
     baseline: str | None = None
     k: int = 3
     workers: int = 1
@@ -119,6 +125,13 @@ class _VariantFile(Strict):
 class _BudgetFile(Strict):
     epochs: float | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, ge=1)
+    time: str | None = Field(default=None, description="a wall-clock budget per run (2m)")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> str | None:
+        """Canonical (``120s`` → ``2m``): the sweep's record compares budgets by value."""
+        return None if value is None else canonical_duration(value)
 
 
 class _SweepFile(Strict):
@@ -323,12 +336,26 @@ def with_seed(item: str, seed: int) -> str:
     return item.replace("{seed}", str(seed))
 
 
+def budget_overrides(budget: dict[str, float | str]) -> list[str]:
+    """A sweep's budget as the last overrides of every run. A time budget also clears
+    ``train.steps``, and a length in steps or epochs clears ``train.time``: the budget
+    replaces whatever length the base config gives."""
+    items = [f"train.{key}={value if isinstance(value, str) else f'{value:g}'}"
+             for key, value in budget.items()]
+    if "time" in budget:
+        items.append("train.steps=null")
+    elif budget:
+        items.append("train.time=null")
+    return items
+
+
 def _run_config(sweep: Sweep, variant: Variant, seed: int) -> Config:
     base = sweep.base
-    raw = ({} if base is None else base.to_dict() if isinstance(base, Config)
+    # a Config base gives what its user set, so a variant's method brings its own defaults
+    raw = ({} if base is None else user_settings(base) if isinstance(base, Config)
            else _read_yaml(base))
     raw = copy.deepcopy(raw)
-    budget = [f"train.{key}={value:g}" for key, value in sweep.budget.items()]
+    budget = budget_overrides(sweep.budget)
     try:
         for item in sweep.overrides:
             apply_override(raw, with_seed(item, seed))

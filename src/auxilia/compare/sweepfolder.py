@@ -4,7 +4,9 @@ A sweep folder belongs to one sweep. Running a sweep again may add variants and 
 change what does not change results (``train.device``, ``k``, the baseline, the workers), but a
 sweep that would drop a recorded variant or seed, define a recorded variant otherwise, or change
 the budget or the shared overrides is refused before anything is written, naming the
-differences: its ``sweep.json`` would otherwise stop describing the runs in the folder.
+differences: its ``sweep.json`` would otherwise stop describing the runs in the folder. A time
+budget (``budget: time:`` or a ``train.time`` override) is compared by value (``120s`` is
+``2m``), and a changed one is refused like a changed number of steps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from auxilia.compare.collect import SWEEP_FILE
 from auxilia.compare.spec import PlannedRun, Sweep, SweepError
 from auxilia.config import ConfigError, apply_override
+from auxilia.durations import canonical_duration, parse_duration
 from auxilia.engine import state as run_state
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runfolder import RunFolderError
@@ -84,8 +87,10 @@ def _effect(overrides: Any) -> dict[str, Any] | None:
             apply_override(raw, str(item))
     except (ConfigError, TypeError):
         return None  # a record that cannot be read this way differs
-    return {k: v for k, v in run_state.flatten(raw).items()
-            if not k.startswith(run_state.RESUMABLE_CHANGES)}
+    flat = run_state.flatten(raw)
+    if parse_duration(flat.get("train.time")) is not None:  # 120s and 2m: one budget
+        flat["train.time"] = canonical_duration(flat["train.time"])
+    return {k: v for k, v in flat.items() if not k.startswith(run_state.RESUMABLE_CHANGES)}
 
 
 def _redefined(label: str, was: dict[str, Any], now: dict[str, Any]) -> str:

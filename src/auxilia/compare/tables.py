@@ -2,8 +2,9 @@
 
 Per variant, over its finished seeds: each exit's test top-1 at the checkpoint selected on
 validation, at the last evaluation, and the median of the last ``k`` evaluations (mean ± std);
-val top-1 at the selected checkpoint; training time and images/s; trained and deployed
-parameters and FLOPs; and, against the baseline, the paired per-seed difference of the main
+val top-1 at the selected checkpoint; steps trained (each run's own under a ``train.time``
+budget, :func:`describe_budget`); training time and images/s; trained and deployed parameters
+and FLOPs; and, against the baseline, the paired per-seed difference of the main
 exit's selected test top-1. Never the best test figure over a run: that would select on test.
 Failed and incomplete runs are listed, never averaged in.
 """
@@ -20,8 +21,8 @@ from typing import Any
 from auxilia.compare.aggregate import MeanStd, Paired, mean_std, median_last_k, paired
 from auxilia.compare.collect import Collection, RunRecord
 
-__all__ = ["RunFigures", "VariantFigures", "markdown", "run_figures", "runs_csv",
-           "variant_figures", "variants_csv"]
+__all__ = ["RunFigures", "VariantFigures", "describe_budget", "markdown", "run_figures",
+           "runs_csv", "variant_figures", "variants_csv"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class RunFigures:
     median: dict[str, float]        # median test top-1 of the last k evaluations
     val_selected: float
     selected_step: int | None
+    steps: float                    # steps trained (derived per run under a time budget)
+    wall_seconds: float             # the training loop's wall time, evaluations included
     train_seconds: float
     images_per_s: float
     params: dict[str, float]        # total (trained), deployed
@@ -52,6 +55,8 @@ def run_figures(record: RunRecord, k: int) -> RunFigures:
                 if record.series(f"test/{e}/top1")[1] else math.nan for e in exits},
         val_selected=record.selected("val/final/top1"),
         selected_step=(s.get("best_val") or {}).get("step"),
+        steps=float(s.get("steps", math.nan)),
+        wall_seconds=float(s.get("wall_seconds", math.nan)),
         train_seconds=float(s.get("train_seconds", math.nan)),
         images_per_s=float(s.get("train_images_per_s", math.nan)),
         params={"trained": float(params.get("total", math.nan)),
@@ -71,6 +76,7 @@ class VariantFigures:
     last: dict[str, MeanStd]
     median: dict[str, MeanStd]
     val_selected: MeanStd
+    steps: MeanStd
     train_seconds: MeanStd
     images_per_s: MeanStd
     params: dict[str, MeanStd]
@@ -100,6 +106,7 @@ def variant_figures(collection: Collection, k: int, baseline: str | None) -> lis
             last={e: over(lambda f, e=e: f.last.get(e, math.nan)) for e in exits},
             median={e: over(lambda f, e=e: f.median.get(e, math.nan)) for e in exits},
             val_selected=over(lambda f: f.val_selected),
+            steps=over(lambda f: f.steps),
             train_seconds=over(lambda f: f.train_seconds),
             images_per_s=over(lambda f: f.images_per_s),
             params={key: over(lambda f, key=key: f.params[key]) for key in ("trained", "deployed")},
@@ -129,8 +136,8 @@ def runs_csv(collection: Collection, k: int) -> str:
     exits = list(dict.fromkeys(e for r in collection.records for e in r.exits))
     header = ["variant", "seed", "status", "folder", "selected_step", "val_final_selected",
               *[f"test_{e}_{what}" for e in exits for what in ("selected", "last", "median_k")],
-              "train_seconds", "images_per_s", "params_trained", "params_deployed",
-              "flops_trained", "flops_deployed", "error"]
+              "steps", "wall_seconds", "train_seconds", "images_per_s", "params_trained",
+              "params_deployed", "flops_trained", "flops_deployed", "error"]
     rows = []
     for v in collection.variants:
         for r in collection.of(v, status=None):
@@ -143,7 +150,8 @@ def runs_csv(collection: Collection, k: int) -> str:
                          _n(f.val_selected),
                          *[_n(getattr(f, what).get(e, math.nan)) for e in exits
                            for what in ("selected", "last", "median")],
-                         _n(f.train_seconds), _n(f.images_per_s), _n(f.params["trained"]),
+                         _n(f.steps), _n(f.wall_seconds), _n(f.train_seconds),
+                         _n(f.images_per_s), _n(f.params["trained"]),
                          _n(f.params["deployed"]), _n(f.flops["trained"]),
                          _n(f.flops["deployed"]), ""])
     return _csv(header, rows)
@@ -157,7 +165,8 @@ def variants_csv(rows: Sequence[VariantFigures]) -> str:
     header = ["variant", "seeds", "unfinished"]
     for name, _, _ in figures:
         header += [f"{name}_mean", f"{name}_std"]
-    header += ["val_final_selected_mean", "val_final_selected_std", "train_seconds_mean",
+    header += ["val_final_selected_mean", "val_final_selected_std", "steps_mean", "steps_std",
+               "train_seconds_mean",
                "train_seconds_std", "images_per_s_mean", "params_trained", "params_deployed",
                "flops_trained", "flops_deployed", "paired_diff_mean", "paired_diff_std",
                "paired_seeds", "paired_improved", "paired_differences"]
@@ -169,7 +178,8 @@ def variants_csv(rows: Sequence[VariantFigures]) -> str:
             line += [_n(ms.mean), _n(ms.std)]
         p = row.paired
         line += [_n(row.val_selected.mean), _n(row.val_selected.std),
-                 _n(row.train_seconds.mean), _n(row.train_seconds.std),
+                 _n(row.steps.mean), _n(row.steps.std), _n(row.train_seconds.mean),
+                 _n(row.train_seconds.std),
                  _n(row.images_per_s.mean), _n(row.params["trained"].mean),
                  _n(row.params["deployed"].mean), _n(row.flops["trained"].mean),
                  _n(row.flops["deployed"].mean),
@@ -190,11 +200,32 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
+def _steps(steps: MeanStd) -> str:
+    """``"2,050"``, or ``"2,050 ± 31"`` where the seeds trained different numbers of steps
+    (each derived its own from its speed, under a time budget)."""
+    if not steps.n:
+        return "-"
+    return f"{steps.mean:,.0f}" + (f" ± {steps.std:,.0f}" if steps.std else "")
+
+
+def describe_budget(train: dict[str, Any], batch: Any, steps: Any) -> str:
+    """How long each run trained, for the report's setting: ``30 epochs at batch 64, 600
+    steps per run``, or under a wall-clock budget ``a train.time=2m budget per run at batch
+    64 (each run derived its steps from its own measured speed: the steps column)``."""
+    if train.get("time"):
+        return (f"a train.time={train['time']} budget per run at batch {batch} (each run "
+                "derived its steps from its own measured speed: the steps column), so variants "
+                "of different cost are compared on equal wall time")
+    length = (f"{train['steps']} steps" if train.get("steps")
+              else f"{float(train.get('epochs') or 0):g} epochs")
+    return f"{length} at batch {batch}, {steps} steps per run"
+
+
 def markdown(rows: Sequence[VariantFigures], baseline: str | None, k: int,
              context: str = "") -> str:
     """``results.md``: the main table, the per-exit table, and the unfinished runs."""
     lines = [context, ""] if context else []
-    head = ["variant", "seeds", "test top-1 (selected on val)", "last eval",
+    head = ["variant", "seeds", "steps", "test top-1 (selected on val)", "last eval",
             f"median last {k}", "val top-1", f"Δ vs {baseline} (paired)", "train time (s)",
             "images/s", "params trained / deployed", "FLOPs trained / deployed"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -205,8 +236,8 @@ def markdown(rows: Sequence[VariantFigures], baseline: str | None, k: int,
         delta = "baseline" if row.variant == baseline else (row.paired.format() if row.paired
                                                             else "-")
         lines.append("| " + " | ".join([
-            row.variant, str(len(row.seeds)), final(row.selected), final(row.last),
-            final(row.median), row.val_selected.format(), delta,
+            row.variant, str(len(row.seeds)), _steps(row.steps), final(row.selected),
+            final(row.last), final(row.median), row.val_selected.format(), delta,
             row.train_seconds.format(1), f"{row.images_per_s.mean:.0f}"
             if row.images_per_s.n else "-",
             f"{_count(row.params['trained'].mean)} / {_count(row.params['deployed'].mean)}",

@@ -44,6 +44,7 @@ from auxilia.engine.anytime_files import (
     write_report,
 )
 from auxilia.engine.evaluate import batches
+from auxilia.engine.header import data_lines, model_line
 from auxilia.engine.reload import load_run
 from auxilia.losses import topk_correct
 
@@ -266,7 +267,8 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
         A JSON-ready dict: ``exits`` (per exit: params, flops, latency_ms, and top1/top5 per
         split), ``early_exit`` (``thresholds``, ``threshold_source``: ``val``, ``given`` or
         ``fixed``, and per split one row per threshold), ``latency_batch``, ``checkpoint``
-        (:func:`checkpoint_label`) and ``step``.
+        (:func:`checkpoint_label`), ``step`` and ``header`` (the data and model lines a
+        training run prints, :mod:`auxilia.engine.header`).
 
     ``data_root`` is the data's new root when it moved since training (see
     :func:`auxilia.engine.reload.load_run`).
@@ -282,7 +284,8 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
     report = {"run": cfg.run_name(), "checkpoint": checkpoint_label(path, which),
               "step": checkpoint["loop"]["step"], "latency_batch": costs["batch"],
               "forward_latency_ms": costs["forward_latency_ms"], "latency_repeats": repeats,
-              "exits": exits, "early_exit": {"order": names}}
+              "exits": exits, "early_exit": {"order": names},
+              "header": [*data_lines(setup), model_line(setup)]}
     if len(names) < 2:
         report["early_exit"]["skipped"] = SINGLE_EXIT
         return report

@@ -41,6 +41,7 @@ from auxilia.data.raw import DataError
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.device import pick_device
 from auxilia.models.pretrained import gpu_pretrained_choice, pretrained_input_size
+from auxilia.run_names import default_run_name
 
 __all__ = ["AUTO", "choose", "native_shape", "resolve", "resolve_auto", "resolve_for"]
 
@@ -176,16 +177,31 @@ def _with(config: Config, model: str, size: int | str, pretrained: bool | None =
 
 def resolve_for(config: Config, data: DatasetSplits | None, device: torch.device
                 ) -> tuple[Config, str | None]:
-    """The one resolution of ``auto`` every command uses: :func:`resolve_auto` for ``device``.
+    """The one resolution every command uses: :func:`resolve_auto` for ``device``, and the
+    run's folder name fixed in ``run.name``.
 
     The images' shape is read from the data's files (:func:`native_shape`), so a run resolves
     the same way whether it loads its data itself or is handed splits loaded from the resolved
     config (a sweep's shared data). Splits already loaded at another size (the Python API's
     ``data=``) keep their size: the model is chosen for it.
+
+    An unnamed run is named from what the user set (:func:`auxilia.run_names.default_run_name`
+    with the model ``auto`` chose), not from what ``auto`` filled in, and the name is recorded
+    in the resolved config, so the run's ``config.yaml`` names its own folder.
     """
+    resolved, line = _resolve_auto_for(config, data, device.type == "cuda")
+    if resolved.run.name is None:
+        named = config.model_copy(update={"model": config.model.model_copy(
+            update={"name": resolved.model.name})})
+        resolved = resolved.model_copy(update={"run": resolved.run.model_copy(
+            update={"name": default_run_name(named)})})
+    return resolved, line
+
+
+def _resolve_auto_for(config: Config, data: DatasetSplits | None, gpu: bool
+                      ) -> tuple[Config, str | None]:
     if AUTO not in (config.model.name, config.data.image_size):
         return config, None
-    gpu = device.type == "cuda"
     resolved, line = resolve_auto(config, gpu)
     if data is None or data.image_shape[1] == _loaded_side(resolved, data):
         return resolved, line

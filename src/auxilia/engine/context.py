@@ -8,7 +8,6 @@ the loop, the step and the checkpoint read them by name and know no method.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -41,6 +40,9 @@ class LoopState:
     train_seconds: float = 0.0
     images: int = 0
     scaler_skips: int = 0  # fp16 overflows the gradient scaler skipped (not failures)
+    wall_seconds: float = 0.0  # the loop's wall time: steps, evaluations, checkpoints
+    derived_steps: int | None = None  # the total a train.time run derived (timebudget.py)
+    time_budget: dict[str, Any] | None = None  # what it measured (TimeBudget.to_dict)
 
 
 @dataclass
@@ -91,8 +93,9 @@ class RunContext:
 
     @property
     def total_steps(self) -> int:
-        cfg = self.config.train
-        return cfg.steps or math.ceil(float(cfg.epochs or 1) * self.steps_per_epoch)
+        """``train.steps``, ``train.epochs`` of batches, or the total derived for
+        ``train.time`` (:meth:`auxilia.config.TrainConfig.total_steps`)."""
+        return self.config.train.total_steps(self.steps_per_epoch, self.loop.derived_steps)
 
     def autocast(self) -> AbstractContextManager[None]:
         cfg = self.config.train

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from auxilia import jsonio
 from auxilia.data.config import RESIZE_METHOD
 from auxilia.engine.checkpoint import atomic_write, atomic_write_path
 from auxilia.engine.export_checks import all_or_nothing, check_out, check_packages
+from auxilia.engine.header import data_lines, model_line
 from auxilia.engine.reload import load_run, resolve_checkpoint
 from auxilia.engine.setup import Setup
 
@@ -61,6 +62,7 @@ class ExportResult:
         format: one of :data:`FORMATS`.
         params_exported: parameters of the exported (stripped) model.
         params_trained: parameters of the trained model, training-only heads included.
+        header: the data and model lines a training run prints (:mod:`auxilia.engine.header`).
     """
 
     path: Path
@@ -68,6 +70,7 @@ class ExportResult:
     format: str
     params_exported: int
     params_trained: int
+    header: list[str] = field(default_factory=list)
 
 
 def run_folder_of(path: str | Path) -> Path:
@@ -186,7 +189,8 @@ def export_run(path: str | Path, fmt: str, out: str | Path | None = None, which:
         else:
             export_state_dict(model, target, {"auxilia": jsonio.dumps(card)})
         _write_sidecar(sidecar, card, fmt, target)
-    return ExportResult(target, sidecar, fmt, card["params"], card["params_trained"])
+    return ExportResult(target, sidecar, fmt, card["params"], card["params_trained"],
+                        [*data_lines(setup), model_line(setup)])
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -1,8 +1,9 @@
 """What a run prints before its first step: data, splits, model, method and budget.
 
 One function, :func:`run_header`, writes these lines for every command that trains (``train``,
-``compare``, ``rounds``, the Python API): a single run prints them, a sweep or a pipeline shows
-them once for each run whose lines differ from the last ones shown (:class:`HeaderDedup`).
+``compare``, ``rounds``, the Python API): a single run prints them, a sweep shows them once for
+each distinct header (:class:`HeaderDedup`). ``eval`` and ``export`` print the same data and
+model lines (:func:`data_lines`, :func:`model_line`) for the run they load.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 
 from auxilia.data.sources import describe_splits
 from auxilia.engine.context import RunContext
+from auxilia.engine.setup import Setup
+from auxilia.method_defaults import applied_method_defaults
 
-__all__ = ["Header", "HeaderDedup", "run_header"]
+__all__ = ["Header", "HeaderDedup", "data_lines", "model_line", "run_header"]
 
 Header = Callable[[list[str]], None]
 """Receives a run's header lines (see :func:`run_header`) instead of their being printed."""
@@ -30,25 +33,31 @@ def run_header(run: RunContext, notes: Sequence[str] = (), teacher: str | None =
         teacher: the teacher's description line, when the run has one.
 
     Returns:
-        ``data: ...``, one line per split, ``model: ...``, ``train: ...``, the teacher's line
-        and the notes.
+        ``data: ...``, one line per split, ``model: ...``, ``train: ...``, the methods' own
+        defaults that were applied, the teacher's line and the notes.
     """
-    setup, config = run.setup, run.config
-    data = setup.data
-    lines = [f"data: {config.data.source}, {data.num_classes} classes, images "
-             f"{'x'.join(map(str, data.image_shape))}"]
-    lines += [f"  {line}" for line in describe_splits(data)]
-    lines.append(_model_line(run))
+    lines = data_lines(run.setup)
+    lines.append(model_line(run.setup))
     lines.append(_budget_line(run))
+    lines += applied_method_defaults(run.config)  # FixMatch's own optimizer, ...
     if teacher:
         lines.append(teacher)
     lines += [f"note: {note}" for note in notes]
     return lines
 
 
-def _model_line(run: RunContext) -> str:
-    config, model = run.config, run.setup.model
-    side = run.setup.data.image_shape[-1]
+def data_lines(setup: Setup) -> list[str]:
+    """``data: SOURCE, N classes, images CxHxW`` and one indented line per split."""
+    data = setup.data
+    lines = [f"data: {setup.config.data.source}, {data.num_classes} classes, images "
+             f"{'x'.join(map(str, data.image_shape))}"]
+    return lines + [f"  {line}" for line in describe_splits(data)]
+
+
+def model_line(setup: Setup) -> str:
+    """``model: NAME at SxS, P parameters [deployed (T in training)]; method M``."""
+    config, model = setup.config, setup.model
+    side = setup.data.image_shape[-1]
     deployed = sum(p.numel() for p in model.strip().parameters())
     total = sum(p.numel() for p in model.parameters())
     pretrained = " (pretrained)" if config.model.pretrained else ""

@@ -4,12 +4,14 @@ Every step: set the learning rates, draw an index batch from every stream and bu
 run the objective's step strategy (by default one forward per slot over the concatenated views,
 the objective's terms, one backward, every optimizer), and, if the step was committed, update
 the stateful terms and slots (banks, EMA teachers). Every ``eval_every`` steps: evaluate, select
-on val, checkpoint (:mod:`auxilia.engine.selection`).
+on val, checkpoint (:mod:`auxilia.engine.selection`). A ``train.time`` run first derives its
+number of steps from throw-away steps (:mod:`auxilia.engine.speed`), once: a resume keeps it.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,45 +19,42 @@ from auxilia.engine import state as run_state
 from auxilia.engine.batch import make_batch
 from auxilia.engine.context import LoopState, RunContext
 from auxilia.engine.runlog import ProgressBar, TrainMeter
+from auxilia.engine.schedule import beyond_the_run
 from auxilia.engine.selection import evaluate_and_save, evaluate_test_every_time, test_eval_note
 from auxilia.engine.signals import Interrupted, StopFlag
+from auxilia.engine.speed import fit_to_time
 from auxilia.engine.step import BufferSnapshot, NonFiniteLossError, set_learning_rates
 from auxilia.parts import StepResult
 from auxilia.terms import Progress
 
 Callback = Callable[[int, dict[str, float]], None]
 
-__all__ = ["Callback", "LoopState", "NonFiniteLossError", "run_loop"]
+__all__ = ["Callback", "LoopState", "NonFiniteLossError", "run_loop", "train_step"]
 
 
 def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> None:
     """Train ``run`` from ``run.loop.step`` to the end (or to a stop request)."""
     cfg, loop = run.config, run.loop
-    total, spe = run.total_steps, run.steps_per_epoch
+    spe = run.steps_per_epoch
     eval_every = cfg.train.eval_every_steps(spe)
-    run.bar = ProgressBar(total, loop.step, cfg.run.progress)
     test_always = _test_every_time(run, eval_every)
-    meter = TrainMeter()
     run.set_modes()
     if stop.requested:  # a signal while the run was being built: nothing trained, nothing saved
-        run.bar.close()
         print(f"{stop.name} received before the first step; nothing was trained", flush=True)
         raise Interrupted(stop.signum or signal.SIGINT)
+    clock = _WallClock(loop.wall_seconds)
+    if cfg.train.time is not None and loop.derived_steps is None:  # a resume never re-measures
+        _fit_to_time(run, eval_every, clock.start)
+    total = run.total_steps
+    run.bar = ProgressBar(total, loop.step, cfg.run.progress)
+    if not test_always and len(run.setup.data.test):
+        run.bar.message(test_eval_note(cfg.train.test_eval, len(run.setup.data.test)))
+    meter = TrainMeter()
     t_start = time.perf_counter()
     while loop.step < total:
-        progress = Progress(loop.step, total, spe)
-        set_learning_rates(run, loop.step)
-        batch = make_batch(run.setup, {n: next(s) for n, s in run.streams.items()}, loop.step)
-        skipped, buffers = loop.skipped_steps, BufferSnapshot(run)
-        result = run.objective.step(run, batch, progress)
-        if loop.skipped_steps > skipped:  # a non-finite step skipped: it leaves no trace
-            buffers.restore()
+        result, batch = train_step(run)
         if result.committed:
-            _commit(run, result, batch, progress)
             meter.add(result.losses, result.outputs, batch)
-        loop.step += 1
-        loop.images += sum(int(batch[f"idx_{spec.keys}"].shape[0])  # every stream's samples
-                           for spec in run.objective.streams.values())
         for cb in callbacks:
             cb(loop.step, {k: float(v.detach()) for k, v in result.losses.items()})
         if loop.step % spe == 0:
@@ -64,12 +63,61 @@ def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> 
             _log_train(run, meter)
         if loop.step % eval_every == 0 or loop.step == total:
             loop.train_seconds += time.perf_counter() - t_start
+            loop.wall_seconds = clock.now()
             evaluate_and_save(run, test_now=test_always or loop.step == total)
             t_start = time.perf_counter()
         if stop.requested:
             loop.train_seconds += time.perf_counter() - t_start
+            loop.wall_seconds = clock.now()
             _stop(run, stop)
+    loop.wall_seconds = clock.now()
     run.bar.close()
+
+
+def train_step(run: RunContext) -> tuple[StepResult, dict]:
+    """One optimizer step at ``run.loop.step``: learning rates, batch, the objective's step
+    strategy, the state updates of a committed step; the loop's, and the throw-away steps a
+    ``train.time`` run is timed on. Returns the step's result and its batch."""
+    loop = run.loop
+    progress = Progress(loop.step, run.total_steps, run.steps_per_epoch)  # the training clock
+    set_learning_rates(run, loop.step)
+    batch = make_batch(run.setup, {n: next(s) for n, s in run.streams.items()}, loop.step)
+    skipped, buffers = loop.skipped_steps, BufferSnapshot(run)
+    result = run.objective.step(run, batch, progress)
+    if loop.skipped_steps > skipped:  # a non-finite step skipped: it leaves no trace
+        buffers.restore()
+    if result.committed:
+        _commit(run, result, batch, progress)
+    loop.step += 1
+    loop.images += sum(int(batch[f"idx_{spec.keys}"].shape[0])  # every stream's samples
+                       for spec in run.objective.streams.values())
+    return result, batch
+
+
+class _WallClock:
+    """The loop's wall time: what earlier sessions of the run recorded, plus this one's."""
+
+    def __init__(self, before: float) -> None:
+        self.before, self.start = before, time.perf_counter()
+
+    def now(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+def _fit_to_time(run: RunContext, eval_every: int, started: float) -> None:
+    """Derive the total of a ``train.time`` run (:mod:`auxilia.engine.speed`) and say so."""
+    cfg, spe = run.config, run.steps_per_epoch
+    loud = cfg.run.progress != "off"
+    if loud:
+        print(f"train.time={cfg.train.time}: timing the first steps (thrown away) and an "
+              "evaluation", flush=True)
+    budget = fit_to_time(run, lambda: train_step(run), eval_every=eval_every, started=started)
+    notes = dict.fromkeys(n for opt in run.optimizers.values()
+                          for n in beyond_the_run(opt.schedule, budget.steps, spe))
+    if loud:
+        print(budget.line(spe), flush=True)
+    for note in notes:  # a schedule written for a longer run: said even in a quiet run
+        print(f"note: {note}", file=None if loud else sys.stderr, flush=True)
 
 
 def _commit(run: RunContext, result: StepResult, batch: dict, progress: Progress) -> None:
@@ -81,11 +129,8 @@ def _commit(run: RunContext, result: StepResult, batch: dict, progress: Progress
 
 def _test_every_time(run: RunContext, eval_every: int) -> bool:
     cfg, data = run.config, run.setup.data
-    always = evaluate_test_every_time(cfg.train.test_eval, len(data.val), len(data.test),
-                                      eval_every * run.labeled.batch_size)
-    if not always and len(data.test):
-        run.bar.message(test_eval_note(cfg.train.test_eval, len(data.test)))
-    return always
+    return evaluate_test_every_time(cfg.train.test_eval, len(data.val), len(data.test),
+                                    eval_every * run.labeled.batch_size)
 
 
 def _log_train(run: RunContext, meter: TrainMeter) -> None:

@@ -42,6 +42,7 @@ from auxilia.engine.runstatus import (
     replaces_failed_start,
 )
 from auxilia.engine.signals import Interrupted, StopFlag
+from auxilia.method_defaults import user_settings
 from auxilia.paths import regular_file
 from auxilia.strict import Strict
 
@@ -199,7 +200,8 @@ def plan_pipeline(pipeline: Pipeline) -> list[PlannedRound]:
     """
     check_names(pipeline.name, [r.name for r in pipeline.rounds])
     base = pipeline.base
-    raw = {} if base is None else base.to_dict() if isinstance(base, Config) else _read_yaml(base)
+    raw = ({} if base is None else user_settings(base) if isinstance(base, Config)
+           else _read_yaml(base))  # a Config base: what its user set (methods' defaults apart)
     names = [r.name for r in pipeline.rounds]
     folders: dict[str, Path] = {}
     plans: list[PlannedRound] = []

@@ -43,6 +43,7 @@ from auxilia.engine.teacher_runs import (
     check_not_own_teacher,
     record_student,
 )
+from auxilia.recipes import deploy_reason
 from auxilia.report import plot_curves, summarize
 from auxilia.seeding import deterministic_mode
 
@@ -148,7 +149,8 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
     run_note = check_same_run(checkpoint, folder)  # a last.pt copied in from another run
     run_state.check_compatible(checkpoint["config"], config.to_dict(), folder.last)
     if config.run.progress != "off":
-        total = config.train.steps or f"{config.train.epochs:g} epochs of"
+        total = (checkpoint["loop"].get("derived_steps")  # a train.time run's own total
+                 or config.train.steps or f"{config.train.epochs:g} epochs of")
         print(f"resuming {folder.path} from step {checkpoint['loop']['step']} "
               f"(of {total} steps; {folder.last})", flush=True)
     setup = build_setup(config, data, teacher=teacher)
@@ -242,7 +244,9 @@ def _models_summary(run: RunContext) -> dict[str, Any]:
     best-on-validation and median of the last k (each selected on its own validation
     numbers), and the pseudo-label quality on the unlabeled split at the last evaluation."""
     evals, k = run.loop.evals, run.config.train.keep_last_evals
-    out: dict[str, Any] = {"deployed": run.objective.deployed}
+    deployed = run.objective.deployed
+    out: dict[str, Any] = {"deployed": deployed,
+                           "deployed_because": deploy_reason(run.config.method, deployed)}
     others = per_model_records(evals)
     if others:
         models = {run.objective.deployed: summarize(evals, run.loop.best, k)}

@@ -29,3 +29,19 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
     if warmup > 0 and k < warmup:
         factor *= (k + 1) / warmup
     return factor
+
+
+def beyond_the_run(cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> list[str]:
+    """What of a schedule given in epochs a run of ``total_steps`` never reaches: milestones
+    past its end, a warm-up longer than the run (a run whose length was derived, from
+    ``train.time``, may be shorter than the schedule was written for)."""
+    epochs = total_steps / steps_per_epoch
+    notes = []
+    late = [m for m in cfg.milestones if round(m * steps_per_epoch) >= total_steps]
+    if cfg.name == "multistep" and late:
+        notes.append(f"schedule.milestones {', '.join(f'{m:g}' for m in late)} lie past the "
+                     f"run's {epochs:.1f} epochs and never apply")
+    if cfg.warmup_epochs * steps_per_epoch >= total_steps:
+        notes.append(f"schedule.warmup_epochs={cfg.warmup_epochs:g} is longer than the run's "
+                     f"{epochs:.1f} epochs: the learning rate never reaches its base value")
+    return notes

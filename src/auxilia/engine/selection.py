@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from auxilia.data.types import Split
 from auxilia.engine import state as run_state
 from auxilia.engine.evaluate import evaluate, pseudo_label_quality
 from auxilia.engine.step import NonFiniteLossError
@@ -87,15 +88,22 @@ def evaluate_split(run: RunContext, name: str, model: nn.Module | None = None,
     """``{"<prefix><name>/<metric>": value}`` of ``model`` (the student by default) on the
     split ``name``; empty for an empty split."""
     setup = run.setup
-    cfg, split = setup.config, getattr(setup.data, name)
+    split = getattr(setup.data, name)
     if not len(split):
         return {}
     with run.bar.evaluating(f"{prefix}{name}", len(split)):
-        metrics = evaluate(setup.model if model is None else model, split, setup.eval_view,
-                           batch_size=cfg.data.eval_batch_size, device=setup.device,
-                           amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                           channels_last=cfg.model.channels_last)
+        metrics = evaluate_on(run, split, setup.model if model is None else model)
     return {f"{prefix}{name}/{k}": v for k, v in metrics.items()}
+
+
+def evaluate_on(run: RunContext, split: Split, model: nn.Module) -> dict[str, float]:
+    """``model``'s metrics on ``split`` with the run's evaluation settings (view, batch size,
+    device, precision): what every evaluation of the run, and its timing, runs."""
+    setup = run.setup
+    cfg = setup.config
+    return evaluate(model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
+                    device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
+                    channels_last=cfg.model.channels_last)
 
 
 def unlabeled_quality(run: RunContext, model: nn.Module, prefix: str = "") -> dict[str, float]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from auxilia import jsonio
 from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
 from auxilia.parts import STUDENT
+from auxilia.run_names import RESULT_NEUTRAL_KEYS
 from auxilia.teachers import teacher_record
 
 if TYPE_CHECKING:
@@ -18,10 +19,9 @@ FORMAT_VERSION = 2
 checkpoints (one optimizer, one stream) are read as ``main`` and ``labeled``."""
 
 # Keys that may change between a run and its resumption without changing its results
-# (run.dir and run.name locate the folder; a new data.root is checked by the data's fingerprint).
-RESUMABLE_CHANGES = ("run.progress", "run.tensorboard", "run.plot", "run.dir", "run.name",
-                     "train.log_every", "train.device", "data.num_workers",
-                     "data.eval_batch_size", "data.root")
+# (run.dir and run.name locate the folder; a new data.root is checked by the data's fingerprint);
+# the same keys default run names leave out
+RESUMABLE_CHANGES = RESULT_NEUTRAL_KEYS
 
 
 class IncompatibleResumeError(ValueError):
@@ -29,7 +29,12 @@ class IncompatibleResumeError(ValueError):
 
 
 def save(path: Path, run: RunContext) -> None:
-    """Atomically write everything needed to continue exactly.
+    """Atomically write :func:`checkpoint_state` to ``path``."""
+    save_checkpoint(checkpoint_state(run), path)
+
+
+def checkpoint_state(run: RunContext) -> dict[str, Any]:
+    """Everything needed to continue exactly, as a checkpoint holds it.
 
     ``model`` is the run's deployed model (what ``eval``, ``export``, ``model.weights`` and a
     ``teacher.run`` read): the student, or the slot the objective deploys (Mean Teacher's EMA
@@ -37,6 +42,8 @@ def save(path: Path, run: RunContext) -> None:
     included, when it is not deployed) is under ``slots`` by name; frozen slots are rebuilt
     from their source on resume. ``teacher`` records the teacher's source and weights
     checksum, so that a resume refuses a teacher retrained since the first start.
+    ``loop.derived_steps`` is the total a ``train.time`` run derived (its measurements in
+    ``loop.time_budget``): a resume continues with it and never measures again.
     """
     loop = run.loop
     deployed = run.objective.deployed
@@ -44,7 +51,7 @@ def save(path: Path, run: RunContext) -> None:
              if slot.stateful and name != deployed}
     if deployed != STUDENT:
         slots[STUDENT] = run.student.state_dict()
-    save_checkpoint({
+    return {
         "format": FORMAT_VERSION,
         "model": run.models[deployed].state_dict(),
         "deployed": deployed,
@@ -56,12 +63,14 @@ def save(path: Path, run: RunContext) -> None:
         "rng": rng_state(),
         "loop": {"step": loop.step, "evals": loop.evals, "best": loop.best,
                  "skipped_steps": loop.skipped_steps, "train_seconds": loop.train_seconds,
-                 "images": loop.images, "scaler_skips": loop.scaler_skips},
+                 "images": loop.images, "scaler_skips": loop.scaler_skips,
+                 "wall_seconds": loop.wall_seconds, "derived_steps": loop.derived_steps,
+                 "time_budget": loop.time_budget},
         "config": run.config.to_dict(),
         "data": run.setup.data.identity,
         "run": run.folder.identity() if run.folder is not None else {},  # checked on resume
         "teacher": teacher_record(run.slots),
-    }, path)
+    }
 
 
 def restore(checkpoint: dict[str, Any], run: RunContext) -> None:
@@ -92,6 +101,10 @@ def restore(checkpoint: dict[str, Any], run: RunContext) -> None:
     # checkpoints written before the images counter existed: full batches every step
     loop.images = counters.get("images", loop.step * run.labeled.batch_size)
     loop.scaler_skips = counters.get("scaler_skips", 0)
+    # checkpoints written before these existed: no time budget, wall time as training time
+    loop.wall_seconds = counters.get("wall_seconds", loop.train_seconds)
+    loop.derived_steps = counters.get("derived_steps")
+    loop.time_budget = counters.get("time_budget")
     set_rng_state(checkpoint["rng"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import reduce
 
+from auxilia.parts import STUDENT
 from auxilia.recipes import (
     contrastive,
     dense,
@@ -29,4 +30,23 @@ def build_objective(methods: Sequence[RecipeParams], ctx: RecipeContext) -> Obje
     return reduce(lambda a, b: a | b, parts)
 
 
-__all__ = ["RECIPES", "Recipe", "RecipeContext", "RecipeParams", "build_objective"]
+def deploy_reason(methods: Sequence[RecipeParams], deployed: str) -> str:
+    """Why ``deployed`` (the objective's deployed slot) is the run's model, in one sentence.
+
+    Args:
+        methods: the run's methods (``config.method``).
+        deployed: the slot deployed (``Objective.deployed``: ``student``, ``ema``, ...).
+
+    Returns:
+        The first reason a method gives (:meth:`RecipeParams.deploy_reason`), else
+        ``"the student is deployed"`` (or ``"<slot> is deployed"``).
+    """
+    for method in methods:
+        reason = method.deploy_reason(deployed)
+        if reason:
+            return reason
+    return "the student is deployed" if deployed == STUDENT else f"{deployed} is deployed"
+
+
+__all__ = ["RECIPES", "Recipe", "RecipeContext", "RecipeParams", "build_objective",
+           "deploy_reason"]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from auxilia.strict import Strict
 from auxilia.teachers import LoadedTeacher
@@ -14,6 +15,11 @@ class RecipeParams(Strict):
     """Parameters of one method in ``method: [...]``; subclasses fix ``name`` and add fields."""
 
     name: str
+
+    def deploy_reason(self, deployed: str) -> str | None:
+        """Why this method's objective deploys ``deployed`` (a slot other than the student),
+        in one sentence for the final table; None when it does not deploy it."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,18 @@ def require_teacher(method: str, ctx: RecipeContext) -> LoadedTeacher:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A registered method: its parameter model, its builder and a one-line summary."""
+    """A registered method: its parameter model, its builder and a one-line summary.
+
+    ``defaults``: the method's own settings of other sections (dotted keys such as
+    ``optim.lr``), applied where the user did not set the key
+    (:mod:`auxilia.method_defaults`); ``defaults_source`` says where they come from.
+    """
 
     params: type[RecipeParams]
     build: Callable[[RecipeParams, RecipeContext], Objective]
     summary: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    defaults_source: str = ""
 
 
 def check_exits(method: str, exits: list[str], ctx: RecipeContext, final_ok: bool) -> None:

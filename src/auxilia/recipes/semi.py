@@ -12,7 +12,7 @@ exported (``deploy: student`` keeps the student).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -51,6 +51,17 @@ class SemiParams(RecipeParams):
         default="average", description="BatchNorm statistics of the EMA model")
     deploy: Literal["ema", "student"] | None = Field(
         default=None, description="the model selected and exported; default: ema if any")
+
+    TITLE: ClassVar[str] = "the method"
+    PAPER_EMA: ClassVar[bool] = False  # the paper reports (and so deploys) its EMA model
+
+    def deploy_reason(self, deployed: str) -> str | None:
+        """Why the EMA model is deployed (see :meth:`RecipeParams.deploy_reason`)."""
+        if deployed != EMA or self.ema_decay is None or self.deploy == "student":
+            return None
+        why = "as the paper does" if self.PAPER_EMA else f"as {self.name}.ema_decay asks"
+        return (f"{self.TITLE} evaluates and deploys the EMA of the student's weights (decay "
+                f"{self.ema_decay:g}), {why}; {self.name}.deploy=student deploys the student")
 
 
 def require_unlabeled(method: str, ctx: RecipeContext) -> None:
@@ -97,6 +108,7 @@ class PiModelParams(SemiParams):
     a mixed batch; here each stream's loss is its own mean, so λ_u is not scaled."""
 
     name: Literal["pi_model"] = "pi_model"
+    TITLE: ClassVar[str] = "Π-model"
     weight: float = Field(default=10.0, ge=0)
     rampup: float = Field(default=0.3, ge=0, le=1)
 
@@ -113,6 +125,7 @@ class TemporalEnsemblingParams(SemiParams):
     the end of every epoch of the unlabeled stream from committed steps); w_max 30."""
 
     name: Literal["temporal_ensembling"] = "temporal_ensembling"
+    TITLE: ClassVar[str] = "Temporal Ensembling"
     weight: float = Field(default=30.0, ge=0)
     rampup: float = Field(default=0.3, ge=0, le=1)
     alpha: float = Field(default=0.6, ge=0, lt=1)
@@ -135,6 +148,8 @@ class MeanTeacherParams(SemiParams):
     unaugmented views). The EMA model is deployed."""
 
     name: Literal["mean_teacher"] = "mean_teacher"
+    TITLE: ClassVar[str] = "Mean Teacher"
+    PAPER_EMA: ClassVar[bool] = True
     weight: float = Field(default=100.0, ge=0)
     rampup: float = Field(default=0.3, ge=0, le=1)
     ema_decay: float | None = Field(default=0.999, ge=0, lt=1)
@@ -165,6 +180,7 @@ class PseudoLabelParams(SemiParams):
     linearly over 40 % of training."""
 
     name: Literal["pseudo_label"] = "pseudo_label"
+    TITLE: ClassVar[str] = "Pseudo-Label"
     threshold: float = Field(default=0.95, ge=0, le=1)
     rampup: float = Field(default=0.4, ge=0, le=1)
 
@@ -183,6 +199,8 @@ class FixMatchParams(SemiParams):
     reports."""
 
     name: Literal["fixmatch"] = "fixmatch"
+    TITLE: ClassVar[str] = "FixMatch"
+    PAPER_EMA: ClassVar[bool] = True
     threshold: float = Field(default=0.95, ge=0, le=1)
     ema_decay: float | None = Field(default=0.999, ge=0, lt=1)
 
@@ -200,6 +218,7 @@ class UDAParams(SemiParams):
     training-signal annealing of the labeled CE (``tsa``: linear, log or exp)."""
 
     name: Literal["uda"] = "uda"
+    TITLE: ClassVar[str] = "UDA"
     threshold: float = Field(default=0.8, ge=0, le=1)
     temperature: float = Field(default=0.4, gt=0)
     tsa: Literal["linear", "log", "exp"] | None = None
@@ -224,6 +243,8 @@ class MixMatchParams(SemiParams):
     up linearly (the paper: over 16,384 of 2^20 steps); an EMA model (0.999) deployed."""
 
     name: Literal["mixmatch"] = "mixmatch"
+    TITLE: ClassVar[str] = "MixMatch"
+    PAPER_EMA: ClassVar[bool] = True
     weight: float = Field(default=75.0, ge=0)
     rampup: float = Field(default=0.3, ge=0, le=1)
     k: int = Field(default=2, ge=1, le=8)
@@ -245,6 +266,17 @@ def mixmatch(params: MixMatchParams, ctx: RecipeContext) -> Objective:
                           default_ce=0.0, step=step)
 
 
+SSL_PROTOCOL: dict[str, Any] = {
+    "optim.name": "sgd", "optim.lr": 0.03, "optim.momentum": 0.9, "optim.nesterov": True,
+    "optim.weight_decay": 5e-4, "schedule.name": "fixmatch_cosine"}
+"""The standard protocol's optimizer and schedule (FixMatch, USB): SGD with Nesterov momentum
+0.9, lr 0.03 decayed as lr·cos(7πk/16K), weight decay 5e-4 (batch 64 labeled: the default)."""
+MIXMATCH_OPTIM: dict[str, Any] = {
+    "optim.name": "adamw", "optim.lr": 0.002, "optim.weight_decay": 0.02,
+    "schedule.name": "constant"}
+"""MixMatch's: Adam at a constant lr 0.002; the authors' code decays the weights by 0.02·lr
+after every step, which is AdamW's decoupled weight decay 0.02."""
+
 RECIPES = {
     "pi_model": Recipe(PiModelParams, pi_model,  # type: ignore[arg-type]
                        "Π-model: consistency between two stochastic passes of unlabeled images"),
@@ -256,9 +288,14 @@ RECIPES = {
     "pseudo_label": Recipe(PseudoLabelParams, pseudo_label,  # type: ignore[arg-type]
                            "pseudo-label: confident own predictions as hard labels"),
     "fixmatch": Recipe(FixMatchParams, fixmatch,  # type: ignore[arg-type]
-                       "fixmatch: confident weak-view labels train the strong view"),
+                       "fixmatch: confident weak-view labels train the strong view",
+                       SSL_PROTOCOL, "Sohn et al. 2020 (FixMatch), §4 and appendix"),
     "uda": Recipe(UDAParams, uda,  # type: ignore[arg-type]
-                  "UDA: sharpened weak-view predictions as soft targets of the strong view"),
+                  "UDA: sharpened weak-view predictions as soft targets of the strong view",
+                  SSL_PROTOCOL, "the standard protocol UDA is run under in FixMatch's and "
+                  "USB's comparisons"),
     "mixmatch": Recipe(MixMatchParams, mixmatch,  # type: ignore[arg-type]
-                       "mixmatch: guessed, sharpened labels and mixup across both streams"),
+                       "mixmatch: guessed, sharpened labels and mixup across both streams",
+                       MIXMATCH_OPTIM, "Berthelot et al. 2019 (MixMatch), §4 and the authors' "
+                       "code (weight decay 0.02·lr per step)"),
 }
