@@ -94,7 +94,7 @@ class RunContext:
     @property
     def total_steps(self) -> int:
         """``train.steps``, ``train.epochs`` of batches, or the total derived for
-        ``train.time`` (:meth:`auxilia.config.TrainConfig.total_steps`)."""
+        ``train.time`` (:meth:`auxilia.train_config.TrainConfig.total_steps`)."""
         return self.config.train.total_steps(self.steps_per_epoch, self.loop.derived_steps)
 
     def autocast(self) -> AbstractContextManager[None]:
