@@ -24,7 +24,9 @@ class TrainConfig(Strict):
     refuses ``steps``, a second length.
 
     ``eval_every`` is a number of steps (``100``, ``"100 steps"``) or of epochs
-    (``"2 epochs"``, ``"0.5 epoch"``, ``"2ep"``); the default is once per epoch.
+    (``"2 epochs"``, ``"0.5 epoch"``, ``"2ep"``); the default is once per epoch, spaced
+    further when an epoch is too short to pay for an evaluation
+    (:func:`auxilia.engine.selection.eval_every`).
     ``test_eval`` says when the test split is evaluated: ``every`` evaluation, only when the
     validation evaluation ``selected`` a new best checkpoint (and at the last step), or
     ``auto``: ``selected`` when evaluating test every time would cost more than about 10 % of
@@ -36,7 +38,8 @@ class TrainConfig(Strict):
     time: str | None = Field(default=None, description="a wall-clock budget (15m, 90s, 1h30m): "
                              "the steps are derived from the run's measured speed")
     eval_every: int | str | None = Field(
-        default=None, description="steps (100) or epochs ('2 epochs'); default once per epoch")
+        default=None, description="steps (100) or epochs ('2 epochs'); default once per epoch, "
+        "spaced further when an epoch is too short to pay for an evaluation")
     test_eval: Literal["every", "selected", "auto"] = "auto"
     log_every: int = Field(default=20, gt=0)
     amp: bool = Field(default=False, description="bf16 autocast (fp16 + grad scaling on CUDA)")

@@ -225,3 +225,28 @@ def test_progress_shows_the_evaluation_then_the_training_line_again(
     with ProgressBar(10, 0, "off").evaluating("val", 3):
         pass
     assert capsys.readouterr().out == ""
+
+
+def test_by_default_an_epoch_of_a_step_or_two_is_not_evaluated_every_step() -> None:
+    import math
+
+    from auxilia.engine.context import build_run
+    from auxilia.engine.selection import eval_every
+    from auxilia.engine.setup import build_setup
+
+    def cadence(*overrides: str) -> tuple[int, int]:
+        run = build_run(build_setup(load_config(None, ["train.steps=50", *overrides])))
+        return eval_every(run), run.steps_per_epoch
+
+    every, per_epoch = cadence()  # the full digits: once per epoch, as before
+    assert every == per_epoch > 1
+    # 10 labels per class: an epoch is one step; FixMatch evaluates the EMA and the student on
+    # val and on the unlabeled monitor, so the steps between evaluations must pay for that
+    every, per_epoch = cadence("method=fixmatch", "data.labels_per_class=10",
+                               "model.name=small_cnn")
+    assert per_epoch == 1
+    evaluated = 2 * (180 + 1150)  # two models over val and the monitor (digits' 1,150 unlabeled)
+    assert every == math.ceil(evaluated / (TEST_EVAL_SHARE * 64 * 15))  # 1 + 7 x 2 views of 64
+    assert every > 1
+    assert cadence("method=fixmatch", "data.labels_per_class=10", "model.name=small_cnn",
+                   "train.eval_every=1")[0] == 1  # a cadence the user sets is kept

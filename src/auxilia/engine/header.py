@@ -13,6 +13,7 @@ from typing import Any
 
 from auxilia.data.sources import describe_splits
 from auxilia.engine.context import RunContext
+from auxilia.engine.selection import eval_every
 from auxilia.engine.setup import Setup
 from auxilia.method_defaults import applied_method_defaults
 
@@ -74,10 +75,11 @@ def _budget_line(run: RunContext) -> str:
         length = f"train.time={config.train.time} (steps derived from the measured speed)"
     else:
         total = run.total_steps
-        length = f"{total:,} steps ({total / per_epoch:.3g} epochs of {per_epoch:,} steps)"
+        length = (f"{total:,} steps ({total / per_epoch:.3g} epochs of {per_epoch:,} "
+                  f"step{'s' if per_epoch > 1 else ''})")
     return (f"train: {length} at "
             f"batch {config.data.batch_size}, {optim.name} lr {optim.lr:g}, schedule "
-            f"{config.schedule.name}, evaluating every {config.train.eval_every_steps(per_epoch):,}"
+            f"{config.schedule.name}, evaluating every {eval_every(run):,}"
             " steps" + (f"; resuming at step {loop.step:,}" if loop.step else ""))
 
 

@@ -20,6 +20,7 @@ from auxilia.engine.batch import make_batch
 from auxilia.engine.context import LoopState, RunContext
 from auxilia.engine.runlog import ProgressBar, TrainMeter
 from auxilia.engine.schedule import beyond_the_run
+from auxilia.engine.selection import eval_every as evaluation_cadence
 from auxilia.engine.selection import evaluate_and_save, evaluate_test_every_time, test_eval_note
 from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.engine.speed import fit_to_time
@@ -36,7 +37,7 @@ def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> 
     """Train ``run`` from ``run.loop.step`` to the end (or to a stop request)."""
     cfg, loop = run.config, run.loop
     spe = run.steps_per_epoch
-    eval_every = cfg.train.eval_every_steps(spe)
+    eval_every = evaluation_cadence(run)
     test_always = _test_every_time(run, eval_every)
     run.set_modes()
     if stop.requested:  # a signal while the run was being built: nothing trained, nothing saved

@@ -16,6 +16,7 @@ from torch import nn
 from auxilia.data.types import Split
 from auxilia.engine import state as run_state
 from auxilia.engine.evaluate import evaluate, pseudo_label_quality
+from auxilia.engine.setup import step_views
 from auxilia.engine.step import NonFiniteLossError
 from auxilia.parts import STUDENT
 
@@ -127,6 +128,29 @@ share of the images trained between two evaluations. Per image, an evaluation fo
 about a third of a training step (forward + backward), so 0.3 keeps test at about 10 % of the
 training time; the rule looks at sizes only, never at timings, so a resumed run decides the
 same."""
+
+
+def eval_every(run: RunContext) -> int:
+    """Steps between two evaluations: ``train.eval_every``, or by default once per epoch, but
+    never so often that an evaluation costs more than about 10 % of the training between two.
+
+    The rule is :data:`TEST_EVAL_SHARE`'s: the images an evaluation forwards (val and the
+    unlabeled monitor, for every evaluated model) at most 0.3 times the images the steps
+    between two evaluations train on (every view of every stream). It matters when an epoch of
+    the labeled split is a step or two (``data.labels_per_class=10``), where once per epoch
+    would spend most of the run evaluating. Sizes only, never timings: a resumed run decides
+    the same.
+    """
+    train = run.config.train
+    per_epoch = run.steps_per_epoch
+    if train.eval_every is not None:
+        return train.eval_every_steps(per_epoch)
+    monitor = run.setup.unlabeled_monitor
+    images = (len(run.setup.data.val) + (len(monitor) if monitor is not None else 0)) * len(
+        evaluated_models(run))
+    batch = run.labeled.batch_size
+    per_step = step_views(run.objective, batch) * batch
+    return max(per_epoch, math.ceil(images / (TEST_EVAL_SHARE * max(1, per_step))))
 
 
 def evaluate_test_every_time(mode: str, n_val: int, n_test: int,

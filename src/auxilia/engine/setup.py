@@ -111,7 +111,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     # Before the model moves to the device and the loop allocates: a step that cannot fit is
     # refused here, not by the kernel's OOM killer half-way into training.
     check_step_memory(config, model, data.image_shape,
-                      _step_views(objective, config.data.batch_size) or len(views), device,
+                      step_views(objective, config.data.batch_size) or len(views), device,
                       training=training)
     model.to(device)
     objective.to(device)
@@ -122,7 +122,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
                  unlabeled_monitor(data, config.data.split_seed))
 
 
-def _step_views(objective: Objective, batch_size: int) -> int:
+def step_views(objective: Objective, batch_size: int) -> int:
     """Batches of ``data.batch_size`` images one step forwards (an unlabeled view at μ = 7
     counts 7; views a step strategy makes, such as MixMatch's mixed batch, count 1)."""
     total = 0.0
