@@ -45,7 +45,7 @@ def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> 
         raise Interrupted(stop.signum or signal.SIGINT)
     clock = _WallClock(loop.wall_seconds)
     if cfg.train.time is not None and loop.derived_steps is None:  # a resume never re-measures
-        _fit_to_time(run, eval_every, clock.start)
+        _fit_to_time(run, eval_every, clock.start, test_always)
     total = run.total_steps
     run.bar = ProgressBar(total, loop.step, cfg.run.progress)
     if not test_always and len(run.setup.data.test):
@@ -105,14 +105,16 @@ class _WallClock:
         return self.before + time.perf_counter() - self.start
 
 
-def _fit_to_time(run: RunContext, eval_every: int, started: float) -> None:
+def _fit_to_time(run: RunContext, eval_every: int, started: float, test_always: bool
+                 ) -> None:
     """Derive the total of a ``train.time`` run (:mod:`auxilia.engine.speed`) and say so."""
     cfg, spe = run.config, run.steps_per_epoch
     loud = cfg.run.progress != "off"
     if loud:
         print(f"train.time={cfg.train.time}: timing the first steps (thrown away) and an "
               "evaluation", flush=True)
-    budget = fit_to_time(run, lambda: train_step(run), eval_every=eval_every, started=started)
+    budget = fit_to_time(run, lambda: train_step(run), eval_every=eval_every, started=started,
+                         test_every_time=test_always)
     notes = dict.fromkeys(n for opt in run.optimizers.values()
                           for n in beyond_the_run(opt.schedule, budget.steps, spe))
     if loud:
