@@ -62,10 +62,10 @@ def test_a_method_parameter_is_named_and_qualified_when_two_methods_share_it() -
 @pytest.mark.parametrize("item", ["run.progress=off", "run.tensorboard=false", "run.plot=false",
                                   "run.dir=elsewhere", "train.device=cpu", "train.log_every=7",
                                   "data.num_workers=2", "data.eval_batch_size=7",
-                                  "data.root=/somewhere", "data.image_size=native"])
+                                  "data.root=/somewhere"])
 def test_settings_that_do_not_change_training_are_left_out(item: str) -> None:
     assert _name(item) == "digits-small_cnn-supervised-s0"
-    assert item.split("=")[0].startswith(RESULT_NEUTRAL_KEYS) or "image_size" in item
+    assert item.split("=")[0].startswith(RESULT_NEUTRAL_KEYS)
 
 
 def test_a_methods_own_defaults_count_as_defaults() -> None:
@@ -115,3 +115,13 @@ def test_differing_settings_lists_keys_in_config_order() -> None:
     config = load_config(None, ["optim.lr=0.2", "data.labels_per_class=5", "train.steps=3"])
     assert [k for k, _ in differing_settings(config)] == [
         "data.labels_per_class", "optim.lr", "train.steps"]
+
+
+def test_a_native_size_is_named_and_an_epochs_that_steps_or_time_replace_is_not() -> None:
+    native = load_config(None, ["data.image_size=native"]).run_name()
+    assert native.endswith("-image_sizenative")
+    assert load_config(None, []).run_name() == "digits-auto-supervised-s0"
+    for length in ("train.steps=5", "train.time=30s"):
+        assert (load_config(None, [length, "train.epochs=3"]).run_name()
+                == load_config(None, [length]).run_name())
+    assert "epochs3" in load_config(None, ["train.epochs=3"]).run_name()

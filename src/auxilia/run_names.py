@@ -46,8 +46,9 @@ config continued on another machine is the same run); ``data.root`` says where t
 
 IN_BASE = ("seed", "data.source", "model.name")
 """Settings the name's first part already shows."""
-UNSIZED = ("auto", "native", None)
-"""``data.image_size`` values that keep (or resolve to) the data's own size: left out."""
+UNSIZED = ("auto", None)
+"""``data.image_size`` values left out: ``auto`` (the size it picks is not a setting of the
+user's). ``native`` is named: it trains at another size than ``auto`` picks for large images."""
 _PLAIN = re.compile(r"[A-Za-z0-9_.+]{1,24}")
 _DIFFERENT = object()  # the default of a key two methods declare differently: every value differs
 
@@ -88,8 +89,10 @@ def differing_settings(config: Any) -> list[tuple[str, Any]]:
         value = getattr(config, name)
         default = info.get_default(call_default_factory=True)
         out.extend(_differences(name, _dump(value), _dump(default), reference))
+    train = config.train  # train.steps or train.time replace train.epochs, which is unused
+    unused = ("train.epochs",) if train.steps is not None or train.time is not None else ()
     return [(k, v) for k, v in out if not k.startswith((*RESULT_NEUTRAL_KEYS, *IN_BASE))
-            and not (k == "data.image_size" and v in UNSIZED)]
+            and not (k == "data.image_size" and v in UNSIZED) and k not in unused]
 
 
 def data_name(data: Any) -> str:
