@@ -101,3 +101,19 @@ def test_a_quick_sweep_on_time_records_each_variants_own_steps(tmp_path: Path,
         (outcome.folder / "results" / "runs.csv").read_text())))
     assert {r["variant"]: int(float(r["steps"])) for r in runs} == steps
     assert all(float(r["wall_seconds"]) > 0 for r in runs)
+
+
+def test_a_length_in_the_overrides_beside_the_budgets_length_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: s\nseeds: 1\nbudget: {time: 4s}\noverrides: [train.steps=5]\n"
+                    "variants: [{label: a, method: supervised}]\n")
+    with pytest.raises(SweepError, match=r"overrides set train\.steps=5 and its budget: sets "
+                                         r"\{time: 4s\}: two lengths"):
+        load_sweep(path)
+    path.write_text("name: s\nseeds: 1\nbudget: {steps: 5}\n"
+                    "variants: [{label: a, method: supervised}]\n")
+    with pytest.raises(SweepError, match="two lengths"):
+        load_sweep(path, ["train.time=3s"])  # from the command line alike
+    path.write_text("name: s\nseeds: 1\nbudget: {steps: 5}\noverrides: [optim.lr=0.1]\n"
+                    "variants: [{label: a, method: supervised}]\n")
+    assert load_sweep(path).budget == {"steps": 5}

@@ -256,7 +256,25 @@ def _checked(sweep: Sweep) -> Sweep:
         _check_overrides(v.label, v.overrides)
         variants.append(Variant(v.label, folder, v.method, v.overrides))
     _check_overrides(None, sweep.overrides, budget_ok=True)
+    _check_one_length(sweep.budget, sweep.overrides)
     return Sweep(**{**sweep.__dict__, "variants": tuple(variants)})
+
+
+LENGTH_KEYS = ("train.epochs", "train.steps", "train.time")
+"""The keys that set a run's length; a sweep's ``budget:`` sets it for every run."""
+
+
+def _check_one_length(budget: dict[str, float | str], overrides: Sequence[str]) -> None:
+    """A length in the sweep's overrides (the file's or the command line's) beside a length in
+    its ``budget:`` is refused: the budget would replace it without a word (``auxilia train``
+    refuses ``train.time`` with ``train.steps`` the same way)."""
+    lengths = [k for k in ("epochs", "steps", "time") if k in budget]
+    given = [item for item in overrides if item.partition("=")[0].strip() in LENGTH_KEYS]
+    if lengths and given:
+        shown = ", ".join(f"{k}: {budget[k]}" for k in lengths)
+        raise SweepError(f"the sweep's overrides set {', '.join(given)} and its budget: sets "
+                         f"{{{shown}}}: two lengths for every run; keep one (the budget: is "
+                         "the sweep's record of its length)")
 
 
 def _slug(label: str, taken: Sequence[str]) -> str:
