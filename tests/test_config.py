@@ -14,9 +14,9 @@ def test_defaults_are_a_supervised_digits_run() -> None:
     assert config.data.source == "digits"
     assert [m.name for m in config.method] == ["supervised"]
     assert (config.model.name, config.data.image_size) == ("auto", "auto")
-    from auxilia.engine.auto import resolve_auto
+    from auxilia.engine.auto import resolve
 
-    resolved, _ = resolve_auto(config, gpu=False)
+    resolved, _ = resolve(config)  # the name is fixed when auto is resolved, as a run does
     assert resolved.run_name() == "digits-small_cnn-supervised-s0"
 
 
