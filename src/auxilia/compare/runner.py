@@ -34,6 +34,7 @@ from auxilia.compare.sweepfolder import (
 from auxilia.config import Config, parse_config
 from auxilia.data.raw import RawData
 from auxilia.data.sources import load_dataset, read_source, source_key
+from auxilia.data.streams import IndexStream
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.auto import resolve
 from auxilia.engine.header import Header, HeaderDedup
@@ -137,12 +138,12 @@ def _checked_plan(sweep: Sweep, owner: OwnedFolder) -> list[PlannedRun]:
 
 
 def _total_steps(config: Config, data: DatasetSplits) -> int | None:
-    """The run's steps as training counts them (its labeled stream drops the last incomplete
-    batch), or None for a ``train.time`` budget: the run derives its steps as it starts."""
+    """The run's steps as training counts them (epochs of its labeled stream), or None for a
+    ``train.time`` budget: the run derives its steps as it starts."""
     if config.train.time is not None:
         return None
-    n = len(data.train)
-    return config.train.total_steps(max(1, n // min(config.data.batch_size, n)))
+    labeled = IndexStream(len(data.train), config.data.batch_size, seed=config.seed)
+    return config.train.total_steps(labeled.batches_per_epoch)
 
 
 def _train_one(config: Config, status: str, overwrite: bool, cache: DataCache, stop: StopFlag,

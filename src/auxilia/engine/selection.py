@@ -145,12 +145,18 @@ def eval_every(run: RunContext) -> int:
     per_epoch = run.steps_per_epoch
     if train.eval_every is not None:
         return train.eval_every_steps(per_epoch)
-    monitor = run.setup.unlabeled_monitor
-    images = (len(run.setup.data.val) + (len(monitor) if monitor is not None else 0)) * len(
-        evaluated_models(run))
+    images = evaluation_images(run, test_share=0.0) * len(evaluated_models(run))
     batch = run.labeled.batch_size
     per_step = step_views(run.objective, batch) * batch
     return max(per_epoch, math.ceil(images / (TEST_EVAL_SHARE * max(1, per_step))))
+
+
+def evaluation_images(run: RunContext, test_share: float) -> float:
+    """Images one evaluation forwards through each evaluated model: val, the unlabeled
+    monitor, and ``test_share`` of test (1 when every evaluation evaluates it)."""
+    data, monitor = run.setup.data, run.setup.unlabeled_monitor
+    return (len(data.val) + test_share * len(data.test)
+            + (len(monitor) if monitor is not None else 0))
 
 
 def evaluate_test_every_time(mode: str, n_val: int, n_test: int,

@@ -21,7 +21,7 @@ import torch
 from auxilia.engine import state as run_state
 from auxilia.engine.checkpoint import atomic_write
 from auxilia.engine.context import RunContext
-from auxilia.engine.selection import evaluate_on, evaluated_models
+from auxilia.engine.selection import evaluate_on, evaluated_models, evaluation_images
 from auxilia.engine.timebudget import TimeBudget
 
 __all__ = ["MAX_MEASURED_STEPS", "fit_to_time"]
@@ -118,13 +118,10 @@ def _evaluation_seconds(run: RunContext, test_every_time: bool) -> float:
         evaluate_on(run, sample, model)
     _sync(run.setup.device)
     per_image = (time.perf_counter() - t0) / n  # all evaluated models, one image
-    monitor = run.setup.unlabeled_monitor
     # test where it is evaluated: every time, or (train.test_eval selected) where val selects
     # a new best, counted as every other evaluation like best.pt's write (all of them early in
     # a run, few late); counting it every time made every measured run end 10-15 % early
-    test_share = 1.0 if test_every_time else BEST_SHARE
-    images = (len(data.val) + test_share * len(data.test)
-              + (len(monitor) if monitor is not None else 0))
+    images = evaluation_images(run, 1.0 if test_every_time else BEST_SHARE)
     run.set_modes()  # evaluation put the models in eval mode
     return per_image * images
 
