@@ -6,6 +6,8 @@ FixMatch's reference code applies PIL operations (``ImageEnhance``, ``ImageOps``
 transforms with black fill). One forward draws, for every sample, ``n_ops`` operation indices
 (uniformly, with replacement) and one magnitude per drawn operation, then applies each
 operation to the samples that drew it: a Python loop over the operations, none over samples.
+The choices are drawn on the CPU generator for the whole batch, also when the module runs on a
+shard of it (see :mod:`auxilia.data.view_shards`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 import kornia.enhance as KE
 import kornia.geometry.transform as KG
 import torch
-from torch import nn
+
+from auxilia.data.view_shards import Shard, ShardAware, rows_of
 
 __all__ = ["FIXMATCH_OPS", "OPS", "Op", "RandAugment"]
 
@@ -121,7 +124,7 @@ FIXMATCH_OPS: tuple[str, ...] = tuple(OPS)
 """The 14 operations of FixMatch's RandAugment, in the paper's order."""
 
 
-class RandAugment(nn.Module):
+class RandAugment(ShardAware):
     """RandAugment in FixMatch's "RA" variant (Sohn et al. 2020, "FixMatch: Simplifying
     Semi-Supervised Learning with Consistency and Confidence"; RandAugment: Cubuk et al. 2020).
 
@@ -144,8 +147,9 @@ class RandAugment(nn.Module):
     FixMatch's Cutout is not part of this module: the ``strong`` view applies it after
     normalisation (see :mod:`auxilia.data.views`).
 
-    Randomness comes from the global torch generator of the input's device, so a seeded block
-    reproduces the output. Input and output ``[B, C, H, W]`` floats in ``[0, 1]``, H, W >= 3.
+    Randomness comes from the CPU default generator, whatever the input's device, so a seeded
+    block reproduces the output on a CPU and on a GPU alike, and sampling never waits for the
+    device. Input and output ``[B, C, H, W]`` floats in ``[0, 1]``, H, W >= 3.
 
     Args:
         n_ops: operations per sample (N; FixMatch uses 2).
@@ -175,54 +179,93 @@ class RandAugment(nn.Module):
         self.ops = ops
         self.interpolation = interpolation
         table = [OPS[name] for name in ops]
-        self.register_buffer("_low", torch.tensor([op.low for op in table]), persistent=False)
-        self.register_buffer("_high", torch.tensor([op.high for op in table]), persistent=False)
-        self.register_buffer("_symmetric", torch.tensor([op.symmetric for op in table]),
-                             persistent=False)
-        self.register_buffer("_integer", torch.tensor([op.integer for op in table]),
-                             persistent=False)
+        # plain CPU tensors, not buffers: they index CPU draws and must stay off the device
+        self._low = torch.tensor([op.low for op in table])
+        self._high = torch.tensor([op.high for op in table])
+        self._symmetric = torch.tensor([op.symmetric for op in table])
+        self._integer = torch.tensor([op.integer for op in table])
 
-    def sample(self, batch: int, device: torch.device | str | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draws the operations and magnitudes of a batch from the global generator.
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws the operations and magnitudes of a batch from the CPU default generator.
+
+        Row ``i`` of a draw for ``batch`` rows depends on the rows before it: a shard of a batch
+        draws for the whole batch and keeps its rows (see :meth:`forward`).
 
         Returns:
-            ``(choice, magnitude)``, both ``[batch, n_ops]``: indices into ``ops`` (``int64``) and
-            magnitudes in the operations' units (``float32``, 0 for those without one).
+            ``(choice, magnitude)``, both ``[batch, n_ops]`` on the CPU: indices into ``ops``
+            (``int64``) and magnitudes in the operations' units (``float32``, 0 for those
+            without one).
         """
         shape = (batch, self.n_ops)
-        choice = torch.randint(len(self.ops), shape, device=device)
-        u = torch.rand(shape, device=device)
-        sign = torch.randint(0, 2, shape, device=device) * 2 - 1
-        low, high, symmetric, integer = (b.to(choice.device, non_blocking=True)[choice] for b in
+        choice = torch.randint(len(self.ops), shape)
+        u = torch.rand(shape)
+        sign = torch.randint(0, 2, shape) * 2 - 1
+        low, high, symmetric, integer = (b[choice] for b in
                                          (self._low, self._high, self._symmetric, self._integer))
         magnitude = low + u * (high - low + integer.float())
         magnitude = torch.where(integer, magnitude.floor().minimum(high), magnitude)
         return choice, torch.where(symmetric, magnitude * sign, magnitude)
 
-    def apply(self, x: torch.Tensor, choice: torch.Tensor, magnitude: torch.Tensor
-              ) -> torch.Tensor:
-        """Applies drawn operations (see :meth:`sample`) to ``x`` ``[B, C, H, W]``, in order."""
+    def apply(self, x: torch.Tensor, choice: torch.Tensor, magnitude: torch.Tensor,
+              batch_choice: torch.Tensor | None = None) -> torch.Tensor:
+        """Applies drawn operations (see :meth:`sample`) to ``x`` ``[B, C, H, W]``, in order.
+
+        Args:
+            x: images on any device.
+            choice: ``[B, n_ops]`` operation indices on the CPU (grouping the batch by
+                operation reads them on the host).
+            magnitude: ``[B, n_ops]`` magnitudes, copied to ``x``'s device without waiting.
+            batch_choice: ``[total, n_ops]``, the choices of the whole batch when ``x`` holds
+                only some of its rows; None when ``x`` is the whole batch.
+        """
+        magnitude = magnitude.to(x.device, x.dtype, non_blocking=True)
         for step in range(choice.shape[1]):
-            x = self._apply_step(x, choice[:, step], magnitude[:, step].to(x.dtype))
+            shared = (None if batch_choice is None else
+                      torch.bincount(batch_choice[:, step], minlength=len(self.ops)) > 1)
+            x = self._apply_step(x, choice[:, step], magnitude[:, step], shared)
         return x
 
-    def _apply_step(self, x: torch.Tensor, choice: torch.Tensor, magnitude: torch.Tensor
-                    ) -> torch.Tensor:
-        """One operation per sample: the batch grouped by operation, each group done at once."""
+    def _apply_step(self, x: torch.Tensor, choice: torch.Tensor, magnitude: torch.Tensor,
+                    shared: torch.Tensor | None) -> torch.Tensor:
+        """One operation per sample: the batch grouped by operation, each group done at once.
+
+        ``shared`` (``[len(ops)]`` bool, on a shard): the operations that several rows of the
+        whole batch drew. A shard's lone row of such an operation runs as two copies, so its
+        kernels see a batch as they do on the whole batch: a CPU convolution of one one-channel
+        image (Sharpness) rounds differently from that of a batch of them.
+        """
         order = torch.argsort(choice, stable=True)
-        counts = torch.bincount(choice, minlength=len(self.ops)).tolist()  # one host sync
+        counts = torch.bincount(choice, minlength=len(self.ops)).tolist()  # on the CPU: no sync
+        twice = [False] * len(counts) if shared is None else shared.tolist()
+        order = order.to(x.device, non_blocking=True)
         groups = x.index_select(0, order).split(counts)
         magnitudes = magnitude.index_select(0, order).split(counts)
-        done = [OPS[name].fn(group, m, self.interpolation) if count else group
-                for name, group, m, count in zip(self.ops, groups, magnitudes, counts,
-                                                 strict=True)]
+        done = [self._run(name, group, m, count == 1 and copy)
+                for name, group, m, count, copy in zip(self.ops, groups, magnitudes, counts, twice,
+                                                        strict=True)]
         return torch.empty_like(x).index_copy_(0, order, torch.cat(done))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, name: str, group: torch.Tensor, magnitude: torch.Tensor, twice: bool
+             ) -> torch.Tensor:
+        """Operation ``name`` on ``group`` ``[b, C, H, W]`` (on two copies of its row if
+        ``twice``); an empty group is returned as it is."""
+        if group.shape[0] == 0:
+            return group
+        if twice:
+            return OPS[name].fn(group.repeat(2, 1, 1, 1), magnitude.repeat(2),
+                                self.interpolation)[:1]
+        return OPS[name].fn(group, magnitude, self.interpolation)
+
+    def forward(self, x: torch.Tensor, shard: Shard | None = None) -> torch.Tensor:
+        """Augments ``x`` ``[n, C, H, W]``, rows ``shard`` of a global batch (None: all of it);
+        draws the operations of every row of the global batch, applies those of ``x``'s rows."""
+        total, rows = rows_of(x, shard)
         if x.shape[0] == 0:
             return x
-        return self.apply(x, *self.sample(x.shape[0], x.device))
+        choice, magnitude = self.sample(total)
+        if total == x.shape[0]:
+            return self.apply(x, choice, magnitude)
+        return self.apply(x, choice[rows], magnitude[rows], batch_choice=choice)
 
     def extra_repr(self) -> str:
         return f"n_ops={self.n_ops}, ops={self.ops}, interpolation={self.interpolation!r}"
