@@ -27,6 +27,7 @@ demo: install
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache --no-logo  # the layers and no cycles ([tool.importlinter])
 	$(BIN)/mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 	$(BIN)/python -m pytest -q
 
@@ -36,6 +37,7 @@ docs: install-test
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache --no-logo
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py

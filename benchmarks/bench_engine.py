@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from auxilia.config import load_config
 from auxilia.data.streams import IndexStream
 from auxilia.engine import train
-from auxilia.engine.batch import make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.optim import build_optimizer
 from auxilia.engine.setup import build_setup
 

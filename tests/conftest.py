@@ -17,6 +17,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA device: skipped, with the reason, where there is none
+    (``pytest -m gpu`` runs them on a GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:  # not a parameter named gpu
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real datasets beside the repository (``../shared/data``), or a skip."""

@@ -23,9 +23,8 @@ import torch
 from auxilia.cli import main
 from auxilia.config import ConfigError, load_config, read_yaml
 from auxilia.engine import train
-from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from auxilia.engine.device import pick_device
-from auxilia.engine.reload import resolve_checkpoint
 from auxilia.models.weights import read_state_dict
 from auxilia.paths import regular_file
 

@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="the run's data.root when the data moved since training (its "
                         "fingerprint must match)")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="where to compute the logits: auto, cpu, cuda, cuda:N or mps (default: "
+                        "the run's train.device, or the best one here when this machine lacks "
+                        "it, with a note)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="export a run's deployable classifier (heads removed)")
@@ -120,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from auxilia.config import load_config
     from auxilia.engine import train
+    from auxilia.ranks import launched_rank
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -150,7 +155,8 @@ def _train(args: argparse.Namespace) -> int:
         if Path(args.resume).resolve() != folder.resolve():
             raise ValueError(f"--resume {args.resume} but the config's run folder is {folder}")
     result = train(config, resume=args.resume is not None, overwrite=args.overwrite)
-    _print_summary(result.summary)
+    if launched_rank() == 0:  # under torchrun every rank returns the summary rank 0 wrote
+        _print_summary(result.summary)
     return 0
 
 
@@ -248,7 +254,8 @@ def _eval(args: argparse.Namespace) -> int:
     report_paths(out, args.overwrite, names)  # refuse before the evaluation, not after it
     splits = ("val", "test") if args.split == "both" else (args.split,)
     report = anytime_report(args.path, args.checkpoint, splits, thresholds=args.thresholds,
-                            latency_batch=args.latency_batch, data_root=args.data_root)
+                            latency_batch=args.latency_batch, data_root=args.data_root,
+                            device=args.device)
     console = Console()
     for line in report["header"]:
         console.print(line, highlight=False, markup=False)

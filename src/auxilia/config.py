@@ -74,6 +74,9 @@ class ModelConfig(Strict):
     freeze_backbone: bool = Field(
         default=False, description="train heads and classifier only (a linear probe)")
     drop_rate: float = Field(default=0.0, ge=0, lt=1, description="dropout before the classifier")
+    sync_bn: bool = Field(
+        default=False, description="with several GPU processes (torchrun), BatchNorm "
+        "normalises with the statistics of the whole global batch (SyncBatchNorm)")
 
 
 class OptimConfig(Strict):

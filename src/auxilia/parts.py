@@ -27,11 +27,28 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from auxilia.terms.core import Objective, Progress
+    from auxilia.terms.core import Objective
 
 Mode = Literal["train", "eval"]
 STUDENT = "student"
 OBJECTIVE = "objective"  # the optimizer-spec name of the terms' own parameters
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is: the optimizer step about to be taken and its share of the run."""
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        return self.step / max(1, self.steps_per_epoch)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(1, self.total_steps)
 
 
 class SlotContext(Protocol):
@@ -65,6 +82,12 @@ class Slot:
     def after_step(self, name: str, models: Mapping[str, nn.Module], progress: Progress
                    ) -> None:
         """Called after every committed optimizer step (an EMA update goes here)."""
+
+    @property
+    def follows(self) -> str | None:
+        """The slot whose optimizer step this one's :meth:`after_step` follows (an EMA's
+        source): it runs only when that slot's optimizer stepped. None: any step."""
+        return None
 
     @property
     def stateful(self) -> bool:
@@ -156,6 +179,10 @@ class EMASlot(Slot):
     def stateful(self) -> bool:
         return True
 
+    @property
+    def follows(self) -> str | None:
+        return self.of
+
     def build(self, name: str, ctx: SlotContext) -> nn.Module:
         if self.of not in ctx.models:
             raise ValueError(f"slot {name!r} averages {self.of!r}, which is not a slot built "
@@ -237,6 +264,22 @@ LABELED = "labeled"
 DEFAULT_STREAMS: dict[str, StreamSpec] = {LABELED: StreamSpec()}
 
 
+def view_stream(key: str, streams: Mapping[str, StreamSpec]) -> str:
+    """The stream a view key reads: the one whose ``x_<keys>`` is the longest prefix of it.
+
+    Raises:
+        ValueError: no stream yields the key.
+    """
+    matches = [(len(spec.keys), name) for name, spec in streams.items()
+               if key.startswith(f"x_{spec.keys}")]
+    if not matches:
+        known = ", ".join(f"x_{s.keys}* ({n})" for n, s in streams.items())
+        raise ValueError(f"view {key!r} belongs to no stream; streams yield {known}"
+                         + ("; unlabeled views need a method that declares an unlabeled "
+                            "stream" if key.startswith("x_ulb") else ""))
+    return max(matches)[1]
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A named optimizer over some slots' trainable parameters.
@@ -262,16 +305,15 @@ MAIN = "main"
 
 @dataclass
 class StepResult:
-    """What a step strategy returns: the losses to log, the outputs, whether it was applied.
+    """What a step strategy returns: the losses to log and the outputs.
 
-    ``committed`` is False when the step was skipped (a non-finite loss or gradient with
-    ``train.on_nonfinite=skip``, or an fp16 overflow the gradient scaler skipped): stateful terms
-    and slots are then left untouched.
+    Whether each optimizer stepped is not the strategy's to say: the engine's stepper records
+    it from the strategy's ``backward_step`` calls (one place), and commits state for what
+    stepped.
     """
 
     losses: dict[str, torch.Tensor]
     outputs: Any
-    committed: bool
 
 
 class StepTools(Protocol):
@@ -314,8 +356,8 @@ class OneBackward:
         with tools.autocast():
             outputs = tools.forward(tools.objective.inputs(), batch)
             losses = tools.objective(outputs, batch, progress)
-        committed = tools.backward_step(losses["loss"], losses=losses)
-        return StepResult(losses, outputs, committed)
+        tools.backward_step(losses["loss"], losses=losses)
+        return StepResult(losses, outputs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OneBackward)

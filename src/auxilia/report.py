@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from auxilia.atomic_files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -56,8 +58,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = curves_figure(records)
-    from auxilia.engine.checkpoint import atomic_write  # here: auxilia.engine imports this module
-
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:

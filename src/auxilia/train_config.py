@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from auxilia.durations import canonical_duration, parse_duration
 from auxilia.strict import Strict
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "epochs_to_steps"]
 
 
 class TrainConfig(Strict):
@@ -97,16 +97,38 @@ class TrainConfig(Strict):
                 raise ValueError(f"train.time={self.time}: the number of steps is derived "
                                  "when training starts, and none was derived yet")
             return derived
-        return self.steps or math.ceil(float(self.epochs or 1) * steps_per_epoch)
+        return self.steps or max(1, epochs_to_steps(float(self.epochs or 1), steps_per_epoch))
 
     def eval_every_steps(self, steps_per_epoch: int) -> int:
-        """``eval_every`` in optimizer steps (at least 1); epochs are rounded to whole steps."""
+        """``eval_every`` in optimizer steps (at least 1); epochs as :func:`epochs_to_steps`."""
         if self.eval_every is None:
             return steps_per_epoch
         if isinstance(self.eval_every, int):
             return self.eval_every
         epochs = float(self.eval_every.split()[0])
-        return max(1, round(epochs * steps_per_epoch))
+        return max(1, epochs_to_steps(epochs, steps_per_epoch))
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The first whole optimizer step at which ``epochs`` epochs have been trained:
+    ``ceil(epochs · steps_per_epoch)``, the one conversion of a length in epochs (the run's
+    length, ``eval_every``, a schedule's milestones and warm-up) into steps.
+
+    Rounded up, not to the nearest: a run of ``epochs: 2.5`` trains at least 2.5 epochs and a
+    milestone at epoch ``m`` applies once ``m`` epochs were trained, never before. Python's
+    ``round`` rounds halves to even, so "the nearest step" fell before the epoch for some
+    epoch sizes and after it for others (0.5 epoch of 5 steps: step 2; of 7 steps: step 4).
+    The product is first rounded to 9 decimals so that binary noise does not add a step
+    (``0.1 * 30`` is ``3.0000000000000004``: 3 steps, not 4).
+
+    Args:
+        epochs: a length in epochs (``>= 0``; fractions allowed).
+        steps_per_epoch: optimizer steps in one epoch (full batches of the labeled split).
+
+    Returns:
+        The number of steps, 0 for 0 epochs.
+    """
+    return math.ceil(round(epochs * steps_per_epoch, 9))
 
 
 _EPOCH_SUFFIXES, _STEP_SUFFIXES = ("epochs", "epoch", "ep"), ("steps", "step", "")

@@ -36,9 +36,9 @@ def _kill_at_step(at: int) -> Any:
 
 
 def _kill_during_eval(at: int) -> None:
-    from auxilia.engine import selection
+    from auxilia.engine import evaluate as evaluate_module
 
-    real, calls = selection.evaluate, [0]
+    real, calls = evaluate_module.evaluate, [0]
 
     def evaluate(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
@@ -46,7 +46,7 @@ def _kill_during_eval(at: int) -> None:
             _kill()
         return real(*args, **kwargs)
 
-    selection.evaluate = evaluate
+    evaluate_module.evaluate = evaluate  # what every Evaluator of the run calls
 
 
 def _kill_during_write(at: int, file: str, fraction: float) -> None:

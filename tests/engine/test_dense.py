@@ -15,9 +15,10 @@ from auxilia.config import load_config
 from auxilia.data.identity import identity
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.engine import train
-from auxilia.engine.batch import make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.context import build_run
 from auxilia.engine.setup import build_setup
+from auxilia.engine.stepper import Stepper
 from auxilia.teachers import ModuleTeacher
 
 SIDE, MEAN, STD = 16, 0.5, 0.25
@@ -94,7 +95,7 @@ def test_dense_terms_are_nonzero_and_reach_the_student_only(data: DatasetSplits,
                         teacher=ModuleTeacher(ExactTeacher()))
     run = build_run(setup)
     batch = make_batch(setup, torch.arange(16))
-    outputs = run.forward(setup.objective.inputs(), batch)
+    outputs = Stepper(run).forward(setup.objective.inputs(), batch)
     assert set(setup.objective.terms) == {"mse_pos", "mse_width", "aux_mse_pos",
                                           "aux_mse_width", "distill_pos", "distill_width"}
     for name, term in setup.objective.terms.items():

@@ -13,13 +13,14 @@ from typing import Literal
 import pytest
 import torch
 
-from auxilia.engine import loop as loop_module
+from auxilia.engine import batches as batches_module
 from auxilia.engine import train
-from auxilia.engine.batch import make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.context import build_run
 from auxilia.engine.runlog import RunFolder
 from auxilia.engine.setup import build_setup
+from auxilia.engine.stepper import Stepper, set_learning_rates
 from auxilia.models.heads import HeadSpec
 from auxilia.parts import (
     EMASlot,
@@ -88,14 +89,14 @@ def test_every_method_sees_the_same_x_lb_at_every_step(tiny_config, step: int) -
 def test_views_are_the_same_in_training_across_methods(tiny_config,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, list[torch.Tensor]] = {}
-    real = loop_module.make_batch
+    real = batches_module.make_batch
 
-    def spy(setup, indices, step):
-        batch = real(setup, indices, step)
+    def spy(setup, indices, step, ranks=None):
+        batch = real(setup, indices, step, ranks)
         seen.setdefault(setup.config.method[0].name, []).append(batch["x_lb"].clone())
         return batch
 
-    monkeypatch.setattr(loop_module, "make_batch", spy)
+    monkeypatch.setattr(batches_module, "make_batch", spy)
     for method in ("supervised", "deep_supervision"):
         train(tiny_config(f"method={method}", f"run.name={method}", "train.steps=4"))
     assert all(torch.equal(a, b) for a, b in zip(seen["supervised"], seen["deep_supervision"],
@@ -106,16 +107,16 @@ def test_views_are_the_same_in_training_across_methods(tiny_config,
 
 def test_a_nan_image_with_skip_leaves_the_prediction_bank_untouched(
         tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
-    real, first_rows = loop_module.make_batch, []
+    real, first_rows = batches_module.make_batch, []
 
-    def poisoned(setup, indices, step):
-        batch = real(setup, indices, step)
+    def poisoned(setup, indices, step, ranks=None):
+        batch = real(setup, indices, step, ranks)
         if step == 0:
             batch["x_lb"][0] = float("nan")  # one bad image poisons its whole batch's logits
             first_rows.append(batch["idx_lb"].clone())
         return batch
 
-    monkeypatch.setattr(loop_module, "make_batch", poisoned)
+    monkeypatch.setattr(batches_module, "make_batch", poisoned)
     result = train(tiny_config("method=ps_kd", "train.on_nonfinite=skip", "train.steps=2",
                                "data.batch_size=16"))
     assert result.summary["skipped_steps"] == 1
@@ -130,18 +131,18 @@ def test_a_nan_image_with_skip_leaves_the_prediction_bank_untouched(
 # -- fp16: overflows are the scaler's -----------------------------------------------------------
 
 def _inf_gradient_at(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> None:
-    real, calls = loop_module.make_batch, [0]
+    real, calls = batches_module.make_batch, [0]
 
-    def hooked(setup, indices, step):
+    def hooked(setup, indices, step, ranks=None):
         if calls[0] == 0:
             param = next(setup.model.parameters())
             param.register_hook(lambda g: g * float("inf") if steps[0] == bad_step else g)
         calls[0] += 1
         steps[0] = step
-        return real(setup, indices, step)
+        return real(setup, indices, step, ranks)
 
     steps = [0]
-    monkeypatch.setattr(loop_module, "make_batch", hooked)
+    monkeypatch.setattr(batches_module, "make_batch", hooked)
 
 
 @pytest.mark.parametrize("extra", [["optim.grad_clip=1.0"], ["train.on_nonfinite=skip"], []])
@@ -182,7 +183,7 @@ def test_slots_are_built_run_and_trained_as_they_declare(tiny_config,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     _register(monkeypatch, "mutual", mutual)
     run = build_run(build_setup(tiny_config("method=mutual")))
-    run.folder = RunFolder(Path(run.config.run.dir) / "x")
+    run.io.folder = RunFolder(Path(run.config.run.dir) / "x")
     assert list(run.models) == ["student", "peer", "ema", "init"]
     assert "s1__logits" in run.models["peer"].heads and not run.student.heads
     trained = {id(p) for g in run.optimizers["main"].torch.param_groups for p in g["params"]}
@@ -193,12 +194,11 @@ def test_slots_are_built_run_and_trained_as_they_declare(tiny_config,
     student0 = {k: v.clone() for k, v in run.student.state_dict().items()}
     ema0 = {k: v.clone() for k, v in run.models["ema"].state_dict().items()}
     batch = make_batch(run.setup, torch.arange(32))
-    outputs = run.forward({"student": ["x_lb"], "ema": ["x_lb"]}, batch)
+    stepper = Stepper(run)
+    outputs = stepper.forward({"student": ["x_lb"], "ema": ["x_lb"]}, batch)
     assert outputs[("student", "x_lb")]["final"]["logits"].requires_grad
     assert not outputs[("ema", "x_lb")]["final"]["logits"].requires_grad  # no_grad teacher
-    result = run.objective.step(run, batch, Progress(0, 6, 3))
-    assert result.committed
-    loop_module._commit(run, result, batch, Progress(0, 6, 3))
+    assert stepper.step(batch, Progress(0, 6, 3)).committed  # the EMA follows at once
     for name, value in run.models["ema"].state_dict().items():  # θ ← ½θ_ema + ½θ_student
         if value.is_floating_point() and "running" not in name:
             expected = 0.5 * ema0[name] + 0.5 * run.student.state_dict()[name]
@@ -283,8 +283,9 @@ class TwoPhases:
             outputs.update(tools.forward({"peer": ["x_lb"]}, batch))
             ce_peer = terms["ce_peer"].compute(outputs, batch, progress)
         second = tools.backward_step(ce_peer, ["peer"])
+        assert first and second
         losses = {"loss": (ce + ce_peer).detach(), "ce": ce.detach(), "ce_peer": ce_peer.detach()}
-        return StepResult(losses, outputs, first and second)
+        return StepResult(losses, outputs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TwoPhases)
@@ -308,15 +309,15 @@ def test_two_optimizers_and_a_two_phase_step(tiny_config,
     _register(monkeypatch, "two_phases", two_phases)
     run = build_run(build_setup(tiny_config("method=two_phases", *STEPS,
                                             "schedule.name=cosine")))
-    run.folder = RunFolder(Path(run.config.run.dir) / "x")
+    run.io.folder = RunFolder(Path(run.config.run.dir) / "x")
     assert set(run.optimizers) == {"student", "peer"}
     peer0 = [p.detach().clone() for p in run.models["peer"].parameters()]
-    from auxilia.engine.step import set_learning_rates
     set_learning_rates(run, 5)
     assert run.optimizers["peer"].torch.param_groups[0]["lr"] == 0.01  # its own constant lr
     assert run.optimizers["student"].torch.param_groups[0]["lr"] < run.config.optim.lr
     batch = make_batch(run.setup, torch.arange(32))
-    assert run.objective.step(run, batch, Progress(5, 6, 3)).committed
+    assert Stepper(run).step(batch, Progress(5, 6, 3)).stepped == {"student": True,
+                                                                    "peer": True}
     assert not all(torch.equal(a, b) for a, b in zip(peer0, run.models["peer"].parameters(),
                                                      strict=True))
     reference = train(tiny_config("method=two_phases", *STEPS, "run.name=ref"))

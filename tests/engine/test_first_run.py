@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from auxilia.atomic_files import current_umask
 from auxilia.config import load_config
 from auxilia.data.config import CsvFiles, DataConfig
 from auxilia.data.sources import DataError, load_dataset
 from auxilia.engine import train
 from auxilia.engine.auto import choose, resolve_auto
-from auxilia.engine.checkpoint import current_umask, load_checkpoint
+from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.models.registry import create_backbone
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from torch import nn
 
 from auxilia.cli import main
 from auxilia.config import ConfigError, load_config
+from auxilia.data import host_memory
 from auxilia.data.raw import DataError
 from auxilia.engine import memory, train
-from auxilia.engine.batch import forward_all, make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.optim import build_optimizer
-from auxilia.engine.setup import build_setup
+from auxilia.engine.setup import build_setup, step_views
+from auxilia.engine.stepper import forward_all
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
 from auxilia.terms import Progress
@@ -29,6 +32,7 @@ GiB = 2**30
 def little_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine has 21 GiB free, whatever it really has."""
     monkeypatch.setattr(memory, "available_bytes", lambda device, cgroup=None: 21 * GiB)
+    monkeypatch.setattr(host_memory, "cpu_available_bytes", lambda cgroup=None: 21 * GiB)
 
 
 def _model(name: str = "resnet8", image_size: int = 32) -> MultiExitModel:
@@ -154,7 +158,8 @@ def test_an_estimate_that_fails_skips_the_check(monkeypatch: pytest.MonkeyPatch)
 
 def test_unknown_free_memory_skips_the_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "available_bytes", lambda device, cgroup=None: None)
-    memory.check_decoded_size(10**9, 3, 4096, 4096, "images")
+    monkeypatch.setattr(host_memory, "cpu_available_bytes", lambda cgroup=None: None)
+    host_memory.check_decoded_size(10**9, 3, 4096, 4096, "images")
     memory.check_step_memory(load_config(), _model(), (3, 32, 32), 1, torch.device("cpu"))
 
 
@@ -235,9 +240,93 @@ def test_a_cgroup_limit_lowers_the_free_memory(tmp_path: Path) -> None:
 
 
 def test_decoded_size_names_what_and_how_much(little_memory: None) -> None:
-    memory.check_decoded_size(1000, 3, 32, 32, "cifar")  # 3 MB: fine
+    host_memory.check_decoded_size(1000, 3, 32, 32, "cifar")  # 3 MB: fine
     with pytest.raises(DataError) as err:
-        memory.check_decoded_size(100_000, 3, 512, 512, "folder data.root=/x at 512x512")
+        host_memory.check_decoded_size(100_000, 3, 512, 512, "folder data.root=/x at 512x512")
     assert str(err.value) == ("folder data.root=/x at 512x512: 100,000 images of 3x512x512 "
                               "need 73 GiB in memory as uint8, but 21 GiB is available; lower "
                               "data.image_size (or load fewer images)")
+
+
+# --------------------------------------------------------------------------- every model
+
+
+def _objective_setup(method: str, *extra: str) -> Any:
+    labels = ["data.labels_per_class=5"] if method == "mean_teacher" else []
+    config = load_config(None, [f"method={method}", "train.device=cpu", "data.batch_size=2",
+                                "data.eval_batch_size=2", "model.name=resnet20",
+                                "data.image_size=32", *labels, *extra])
+    return build_setup(config)
+
+
+def _estimate(setup: Any, device: str = "cpu") -> memory.StepEstimate:
+    views = step_views(setup.objective, setup.config.data.batch_size)
+    estimate = memory.estimate_step(setup.config, setup.model, setup.data.image_shape, views,
+                                    torch.device(device), setup.objective)
+    assert estimate is not None
+    return estimate
+
+
+@pytest.mark.parametrize("method", ["dml", "mean_teacher"])
+def test_a_run_whose_student_fits_but_not_its_slots_is_refused(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The student's step alone fits in the memory left; with the peer (DML: weights,
+    gradient, momentum, activations) or the EMA model (weights, a no-grad forward) it does
+    not. The refusal names every model's share."""
+    setup = _objective_setup(method)
+    full = _estimate(setup)
+    free = full.parts["student"] + 1
+    monkeypatch.setattr(memory, "available_bytes", lambda device, cgroup=None: free)
+    config, model, shape = setup.config, setup.model, setup.data.image_shape
+    own = int(memory.model_batches(setup.objective, "student", 2))  # the student's views
+    memory.check_step_memory(config, model, shape, own, torch.device("cpu"))  # student only
+    views = step_views(setup.objective, 2)
+    slot = "peer" if method == "dml" else "ema"
+    with pytest.raises(ConfigError) as err:
+        memory.check_step_memory(config, model, shape, views, torch.device("cpu"),
+                                 objective=setup.objective)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"data.image_size=32 with data.batch_size=2 and {views} views needs "
+                        rf"about \d+ MiB for one training step \(estimated: student \d+ MiB, "
+                        rf"{slot} \d+ MiB\), but \d+ MiB is available \(CPU memory\); lower "
+                        r"data.image_size or data.batch_size", message), message
+
+
+def test_build_setup_counts_the_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check as runs call it: a DML run refused where supervised at the same size fits."""
+    supervised = _estimate(_objective_setup("supervised"))
+    dml = _estimate(_objective_setup("dml"))
+    free = (supervised.total + dml.total) // 2
+    monkeypatch.setattr(memory, "available_bytes", lambda device, cgroup=None: free)
+    _objective_setup("supervised")
+    with pytest.raises(ConfigError, match=r"\(estimated: student \d+ MiB, peer \d+ MiB\)"):
+        _objective_setup("dml")
+
+
+def test_an_ema_model_adds_its_weights_and_a_no_grad_forward() -> None:
+    """Mean Teacher's EMA model: one model's weights more than its student (no gradient, no
+    optimizer state) plus what an evaluation-like forward of its views holds, far less than
+    a trained model's share."""
+    mean_teacher, supervised = _objective_setup("mean_teacher"), _objective_setup("supervised")
+    model = mean_teacher.model
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    estimate = _estimate(mean_teacher)
+    shape = mean_teacher.data.image_shape
+    per_sample = memory.forward_bytes(model, shape)
+    assert per_sample is not None
+    images = 2 * memory.model_batches(mean_teacher.objective, "ema", 2)
+    forward = memory.eval_bytes(per_sample, shape, int(images))
+    assert weights <= estimate.parts["ema"] <= weights + forward
+    assert estimate.parts["ema"] < estimate.parts["student"] / 2
+    assert estimate.total >= _estimate(supervised).total + weights
+
+
+def test_prediction_banks_count_where_they_move_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporal Ensembling's bank (N x classes floats, several copies): already allocated on
+    the CPU, moved to a GPU after the check, so counted there."""
+    setup = _objective_setup("temporal_ensembling", "data.labels_per_class=5")
+    banks = sum(b.numel() * b.element_size() for b in setup.objective.buffers())
+    assert banks >= len(setup.data.unlabeled) * setup.data.num_classes * 4
+    assert _estimate(setup, "cpu").parts["term state"] == 0
+    assert _estimate(setup, "cuda").parts["term state"] == banks

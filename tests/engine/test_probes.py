@@ -20,9 +20,8 @@ from auxilia.config import ConfigError, load_config
 from auxilia.data.config import DataConfig
 from auxilia.data.sources import DataError, load_dataset
 from auxilia.engine import train
-from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from auxilia.engine.export import ExportError, export_run
-from auxilia.engine.reload import resolve_checkpoint
 from auxilia.engine.runfolder import RunLockedError
 
 

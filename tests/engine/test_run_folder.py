@@ -16,7 +16,8 @@ import pytest
 from auxilia.cli import main as cli
 from auxilia.config import ConfigError, load_config
 from auxilia.engine import NonFiniteLossError, selection, train
-from auxilia.engine import batch as batch_module
+from auxilia.engine import evaluate as evaluate_module
+from auxilia.engine import stepper as stepper_module
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.runfolder import MARKER, RunFolder, RunFolderError, RunLock, RunLockedError
 
@@ -198,12 +199,12 @@ def test_a_non_finite_validation_is_never_selected(bad: float) -> None:
 def test_a_run_whose_validation_is_never_finite_selects_nothing_and_writes_strict_json(
         tiny_config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         ) -> None:
-    real = selection.evaluate
+    real = evaluate_module.evaluate
 
     def nan_loss(*args: object, **kwargs: object) -> dict[str, float]:
         return {**real(*args, **kwargs), "loss": math.nan}
 
-    monkeypatch.setattr(selection, "evaluate", nan_loss)
+    monkeypatch.setattr(evaluate_module, "evaluate", nan_loss)  # every evaluation of the run
     result = train(tiny_config("run.name=r", "train.steps=4", "train.eval_every=2"))
     assert result.summary["best_val"] is None
     assert not (result.run_dir / "checkpoints" / "best.pt").exists()
@@ -298,7 +299,7 @@ def test_a_killed_overwrite_keeps_the_old_run_aside_and_says_where(tiny_config) 
 
 def test_skipped_steps_stay_out_of_the_logged_averages(tiny_config,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = batch_module.forward_all, [0]
+    real, calls = stepper_module.forward_all, [0]
 
     def poisoned(*args: object, **kwargs: object) -> dict:
         calls[0] += 1
@@ -308,7 +309,7 @@ def test_skipped_steps_stay_out_of_the_logged_averages(tiny_config,
             main["logits"] = main["logits"] * float("nan")
         return outputs
 
-    monkeypatch.setattr(batch_module, "forward_all", poisoned)
+    monkeypatch.setattr(stepper_module, "forward_all", poisoned)
     result = train(tiny_config("run.name=r", "train.on_nonfinite=skip", "train.steps=15",
                                "train.log_every=5", "train.eval_every=100"))
     assert result.summary["skipped_steps"] == 8

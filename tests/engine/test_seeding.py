@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +17,13 @@ from auxilia.engine.setup import build_setup
 from auxilia.models.heads import HeadSpec
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
-from auxilia.seeding import CUBLAS_WORKSPACE, derive_seed, deterministic_mode, seeded
+from auxilia.seeding import (
+    CUBLAS_WORKSPACE,
+    derive_seed,
+    determinism_summary,
+    deterministic_mode,
+    seeded,
+)
 
 METHODS = ("supervised", "deep_supervision", "cds", "byot")
 
@@ -152,7 +161,95 @@ def test_build_setup_switches_no_deterministic_flag(
 def test_a_deterministic_run_switches_on_inside_and_restores_after(
         tiny_config, default_switches: tuple[object, ...]) -> None:
     seen: list[tuple[object, ...]] = []
-    train(tiny_config("train.steps=2", "train.deterministic=true"),
-          callbacks=[lambda step, losses: seen.append(_switches())])
+    result = train(tiny_config("train.steps=2", "train.deterministic=true"),
+                   callbacks=[lambda step, losses: seen.append(_switches())])
     assert seen == [(True, True, True, False, ":4096:8")] * 2
     assert _switches() == default_switches
+    # on the CPU no kernel lacks a deterministic version: the summary says so
+    assert result.summary["determinism"] == {"deterministic": True, "mode": "warn_only",
+                                             "nondeterministic_ops": []}
+
+
+def _fast_switches() -> tuple[object, ...]:
+    cudnn = torch.backends.cudnn
+    return (cudnn.benchmark, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+            torch.backends.cuda.matmul.allow_tf32, _cpu_matmul_precision())
+
+
+def _cpu_matmul_precision() -> object:
+    """oneDNN's float32 product precision (torch >= 2.9): the CPU's, never switched."""
+    return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
+
+
+def test_a_non_deterministic_run_takes_the_fast_kernels_and_restores_after(
+        tiny_config, default_switches: tuple[object, ...]) -> None:
+    """cuDNN's autotuner and TF32 (CUDA matrix products and convolutions) inside, the CPU's
+    products untouched; the process's own settings after, whatever they were."""
+    torch.backends.cudnn.allow_tf32 = False
+    before = _fast_switches()
+    cpu = _cpu_matmul_precision()
+    assert before == (False, False, "highest", False, cpu)
+    seen: list[tuple[object, ...]] = []
+    result = train(tiny_config("train.steps=2", "train.deterministic=false"),
+                   callbacks=[lambda step, losses: seen.append(_fast_switches())])
+    assert seen == [(True, True, "high", True, cpu)] * 2
+    assert _fast_switches() == before
+    assert result.summary["determinism"] == {"deterministic": False, "cudnn_benchmark": True,
+                                             "tf32": True}
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
+
+
+class _WarnsInBackward(torch.autograd.Function):
+    """An op whose backward warns as torch's kernels without a deterministic version do
+    (``adaptive_avg_pool2d_backward_cuda`` on a GPU), from autograd's backward pass."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        warnings.warn("adaptive_avg_pool2d_backward_cuda does not have a deterministic "
+                      "implementation, but you set 'torch.use_deterministic_algorithms(True, "
+                      "warn_only=True)'.", UserWarning, stacklevel=1)
+        return grad * 2
+
+
+def test_ops_without_a_deterministic_version_are_listed_once(
+        default_switches: tuple[object, ...]) -> None:
+    x = torch.ones(3, requires_grad=True)
+    assert determinism_summary() == {}
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        with deterministic_mode(True) as record:
+            for _ in range(3):  # every step warns; the user sees it once
+                _WarnsInBackward.apply(x).sum().backward()
+            warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+            summary = determinism_summary()
+    assert record.warned_ops == ["adaptive_avg_pool2d_backward_cuda"]
+    assert summary == {"deterministic": True, "mode": "warn_only",
+                       "nondeterministic_ops": ["adaptive_avg_pool2d_backward_cuda"]}
+    messages = [str(w.message) for w in shown]
+    assert sum("deterministic implementation" in m for m in messages) == 1, messages
+    assert "an unrelated warning" in messages
+    assert determinism_summary() == {}
+    with warnings.catch_warnings(record=True), deterministic_mode(True) as again:
+        _WarnsInBackward.apply(x).sum().backward()  # a second run in this process lists it too
+    assert again.warned_ops == ["adaptive_avg_pool2d_backward_cuda"]
+
+
+def _imported_env(code: str, env: dict[str, str]) -> str:
+    """What ``code`` prints in a fresh interpreter with ``env``."""
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_the_cublas_workspace_is_fixed_before_cuda_can_start() -> None:
+    """cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when it makes its workspaces: importing
+    auxilia sets it, before any of its code could start CUDA; a user's value is kept."""
+    env = {k: v for k, v in os.environ.items() if k != CUBLAS_WORKSPACE}
+    code = ("import os, torch\n"
+            "import auxilia.engine, auxilia.cli\n"
+            "print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'), torch.cuda.is_initialized())")
+    assert _imported_env(code, env) == ":4096:8 False"
+    assert _imported_env(code, {**env, CUBLAS_WORKSPACE: ":16:8"}) == ":16:8 False"

@@ -13,11 +13,12 @@ from safetensors.torch import load_file as load_safetensors_file
 
 from auxilia.config import load_config
 from auxilia.engine import train
-from auxilia.engine.batch import make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.context import build_run
 from auxilia.engine.export import export_run
 from auxilia.engine.setup import build_setup
+from auxilia.engine.stepper import Stepper
 from auxilia.parts import EMASlot
 from auxilia.terms import Progress
 
@@ -189,7 +190,8 @@ def test_mixmatch_guesses_without_gradient_or_batchnorm_drift_then_forwards_once
     batch = make_batch(setup, {n: torch.arange(s.size(16)) for n, s in streams.items()})
     step = setup.objective.step
     before = [b.clone() for b in run.student.buffers()]
-    guess = step.guess(run, batch)
+    stepper = Stepper(run)
+    guess = step.guess(stepper, batch)
     assert not guess.requires_grad and guess.shape == (16, setup.data.num_classes)
     assert torch.allclose(guess.sum(1), torch.ones(16))
     assert all(torch.equal(a, b) for a, b in zip(before, run.student.buffers(), strict=True))
@@ -198,7 +200,7 @@ def test_mixmatch_guesses_without_gradient_or_batchnorm_drift_then_forwards_once
     assert mixed["x_mix_ulb"].shape[0] == 2 * 16  # K = 2 views of μ·B = 16
     calls: list[int] = []
     handle = run.student.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    result = step(run, batch, Progress(0, 12, 6))
+    result = stepper.step(batch, Progress(0, 12, 6))
     handle.remove()
     assert result.committed and calls == [32, 16 + 32]  # the guess, then one mixed forward
     assert {"mixmatch_x", "mixmatch_u"} <= set(result.losses)

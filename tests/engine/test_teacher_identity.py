@@ -18,8 +18,12 @@ from test_distillation import TINY, Recorder, _interrupt_at, _student
 from auxilia.cli import main as cli
 from auxilia.config import ConfigError, load_config
 from auxilia.engine import train
-from auxilia.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from auxilia.engine.reload import resolve_checkpoint
+from auxilia.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from auxilia.engine.runfolder import RunFolderError, foreign_entries
 from auxilia.engine.setup import build_setup
 from auxilia.engine.teacher_classes import class_index, class_note

@@ -14,12 +14,13 @@ from torch.nn.modules.module import register_module_forward_hook
 from auxilia.cli import main as cli
 from auxilia.config import load_config
 from auxilia.engine import NonFiniteLossError, train
-from auxilia.engine.batch import make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.checkpoint import load_checkpoint
 from auxilia.engine.context import build_run
 from auxilia.engine.runlog import RunFolder, RunFolderError
 from auxilia.engine.setup import build_setup
 from auxilia.engine.state import IncompatibleResumeError
+from auxilia.engine.stepper import Stepper
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.terms import Progress
 
@@ -99,7 +100,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config) -> None:
 
 def _built(config):
     run = build_run(build_setup(config))
-    run.folder = RunFolder(Path(config.run.dir) / "x")
+    run.io.folder = RunFolder(Path(config.run.dir) / "x")
     return run
 
 
@@ -109,11 +110,11 @@ def test_nonfinite_steps_can_be_skipped(tiny_config) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     batch = make_batch(run.setup, torch.arange(16))
     batch["x_lb"][0, 0, 0, 0] = float("nan")
-    assert not run.objective.step(run, batch, Progress(0, 2, 1)).committed
+    assert not Stepper(run).step(batch, Progress(0, 2, 1)).committed
     assert run.loop.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     batch = make_batch(run.setup, torch.arange(16))
-    assert run.objective.step(run, batch, Progress(1, 2, 1)).committed
+    assert Stepper(run).step(batch, Progress(1, 2, 1)).committed
     assert run.loop.skipped_steps == 1
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
@@ -177,6 +178,6 @@ def test_offline_linear_probe_on_a_previous_runs_backbone(tiny_config) -> None:
 def test_gradient_clipping_bounds_the_global_norm(tiny_config) -> None:
     run = _built(tiny_config("optim.grad_clip=0.001"))
     batch = make_batch(run.setup, torch.arange(16))
-    assert run.objective.step(run, batch, Progress(0, 2, 1)).committed
+    assert Stepper(run).step(batch, Progress(0, 2, 1)).committed
     grads = [p.grad for p in run.student.parameters() if p.grad is not None]
     assert float(torch.nn.utils.get_total_norm(grads)) <= 0.001 * 1.0001

@@ -15,8 +15,8 @@ from auxilia.engine import train
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.setup import Setup, build_setup
 from auxilia.models.multi_exit import MultiExitModel
-from auxilia.models.registry import create_backbone
-from auxilia.models.weights import load_model_weights, read_weights
+from auxilia.models.registry import create_backbone, load_model_weights
+from auxilia.models.weights import read_weights
 
 # timm's own test model (about 0.1 M parameters): a timm run that trains in seconds on a CPU
 TIMM_MODEL = "timm/test_efficientnet"

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from auxilia import jsonio
+from auxilia import atomic_files, jsonio
 from auxilia.cli import main as cli
 from auxilia.config import load_config
-from auxilia.engine import anytime, checkpoint, export, train
+from auxilia.engine import anytime, export, train
 from auxilia.engine import state as run_state
 from auxilia.engine.checkpoint import load_checkpoint, save_checkpoint
 from auxilia.engine.runlog import MetricsLog, RunFolder
@@ -68,7 +68,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         os.close(fd)
         return os.open("/dev/full", os.O_WRONLY), name
 
-    monkeypatch.setattr(checkpoint, "tempfile", SimpleNamespace(mkstemp=mkstemp))
+    monkeypatch.setattr(atomic_files, "tempfile", SimpleNamespace(mkstemp=mkstemp))
 
 
 def _limited(*args: str, code: str | None = None, limit: int = LIMIT

@@ -11,9 +11,10 @@ import torch
 
 from auxilia.config import load_config
 from auxilia.data.types import DatasetSplits
-from auxilia.engine.batch import forward_all, make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.context import build_run
 from auxilia.engine.setup import Setup, build_setup
+from auxilia.engine.stepper import Stepper, forward_all
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.recipes import RECIPES, semi
 from auxilia.recipes.mixmatch import MixMatchStep
@@ -78,7 +79,7 @@ def first_batch(setup: Setup, run) -> dict:
     batch = make_batch(setup, {n: torch.arange(s.size(BATCH)) for n, s in streams.items()})
     step = setup.objective.step
     if isinstance(step, MixMatchStep):
-        batch.update(step.mix(batch, step.guess(run, batch), 0))
+        batch.update(step.mix(batch, step.guess(Stepper(run), batch), 0))
     return batch
 
 
@@ -111,7 +112,7 @@ def build(method: str, *extra: str, data: DatasetSplits | None = None) -> Built:
     setup.slot_models = run.models  # type: ignore[attr-defined]
     fill_banks(setup)
     batch = first_batch(setup, run)
-    outputs = run.forward(setup.objective.inputs(), batch)
+    outputs = Stepper(run).forward(setup.objective.inputs(), batch)
     return setup, batch, outputs
 
 

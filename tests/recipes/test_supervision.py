@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from auxilia.config import load_config
-from auxilia.engine.batch import forward_all, make_batch
+from auxilia.engine.batches import make_batch
 from auxilia.engine.setup import build_setup
+from auxilia.engine.stepper import forward_all
 from auxilia.terms import Progress
 
 

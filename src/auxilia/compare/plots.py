@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from auxilia.atomic_files import atomic_write
 from auxilia.compare.aggregate import MeanStd, mean_std
 from auxilia.compare.collect import Collection, RunRecord
 
@@ -192,8 +193,6 @@ def _save(path: Path, size: tuple[float, float], ncols: int,
           draw: Callable[[Sequence[Axes]], None]) -> Path:
     """Draw a figure of ``ncols`` panels with ``draw`` and write it atomically as a PNG."""
     from matplotlib.figure import Figure
-
-    from auxilia.engine.checkpoint import atomic_write  # as report.py: imported when needed
 
     fig = Figure(figsize=size)
     try:

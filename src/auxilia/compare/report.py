@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from auxilia.atomic_files import TEMPORARY_GLOB, atomic_write
 from auxilia.compare.collect import Collection, RunRecord
 from auxilia.compare.plots import write_plots
 from auxilia.compare.tables import (
@@ -19,7 +20,6 @@ from auxilia.compare.tables import (
     variant_figures,
     variants_csv,
 )
-from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
 from auxilia.engine.owned import MARKERS, OwnedFolder
 
 __all__ = ["MARKER", "REPORT_FILES", "describe_setting", "report_owner", "write_report"]

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from auxilia.data.config import DataConfig
+from auxilia.data.host_memory import check_decoded_size
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.types import Split
 
@@ -205,8 +206,6 @@ def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
     """
     str_paths = [str(p) for p in paths]
     if cfg.size is not None:
-        from auxilia.engine.memory import check_decoded_size  # engine imports the data modules
-
         check_decoded_size(len(str_paths), 1 if cfg.grayscale else 3, cfg.size, cfg.size,
                            f"{len(str_paths)} image files at data.image_size={cfg.size}")
     results = _map_chunks(str_paths, "L" if cfg.grayscale else "RGB", cfg.size,

@@ -28,6 +28,7 @@ from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from auxilia.data.files import decode_images
 from auxilia.data.folders import load_csv, load_folder
+from auxilia.data.host_memory import check_decoded_size
 from auxilia.data.hygiene import clean_raw
 from auxilia.data.identity import identity
 from auxilia.data.raw import DataError, RawData
@@ -298,7 +299,6 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     train, val, test = official_to_splits(raw, cfg)
     unlabeled = raw.unlabeled
     if cfg.size is not None:
-        from auxilia.engine.memory import check_decoded_size  # here: engine imports this module
         todo = [len(s) for s in (train, val, test, unlabeled) if s is not None
                 and s.images.shape[-2:] != (cfg.size, cfg.size)]
         pixels = train.images.shape[1] * cfg.size**2  # _resize: float32 + uint8 chunks

@@ -1,6 +1,6 @@
 """The engine: the one training loop, evaluation, checkpoints and run folders."""
 
-from auxilia.engine.loop import NonFiniteLossError
 from auxilia.engine.run import RunResult, train
+from auxilia.engine.stepper import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "RunResult", "train"]

@@ -255,10 +255,13 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] = ("val", "test"),
                    thresholds: Sequence[float] | None = None, latency_batch: int = 64,
-                   repeats: int = 5, data_root: str | Path | None = None) -> dict[str, Any]:
+                   repeats: int = 5, data_root: str | Path | None = None,
+                   device: str | None = None) -> dict[str, Any]:
     """Accuracy and cost of every exit, and the early-exit curve, of a saved run.
 
-    Logits are computed in float32 on the run's device; costs are measured on the CPU.
+    Logits are computed in float32 on ``device`` (``--device``; by default the run's own, or
+    the best one here when this machine lacks it, with a note in the header: see
+    :func:`auxilia.engine.device.run_device`); costs are measured on the CPU.
     Without ``thresholds`` they are chosen on the val split (:func:`val_thresholds`; the
     fixed :data:`THRESHOLDS` without one) and reported on every split; none is picked on test.
     A model with one exit gets no early-exit rows (``early_exit["skipped"]`` says why).
@@ -267,13 +270,15 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
         A JSON-ready dict: ``exits`` (per exit: params, flops, latency_ms, and top1/top5 per
         split), ``early_exit`` (``thresholds``, ``threshold_source``: ``val``, ``given`` or
         ``fixed``, and per split one row per threshold), ``latency_batch``, ``checkpoint``
-        (:func:`checkpoint_label`), ``step`` and ``header`` (the data and model lines a
-        training run prints, :mod:`auxilia.engine.header`).
+        (:func:`checkpoint_label`), ``step``, ``device`` (where the logits were computed) and
+        ``header`` (the data and model lines a training run prints,
+        :mod:`auxilia.engine.header`, and the device note).
 
     ``data_root`` is the data's new root when it moved since training (see
     :func:`auxilia.engine.reload.load_run`).
     """
-    setup, checkpoint = load_run(path, which, data_root=data_root)
+    notes: list[str] = []
+    setup, checkpoint = load_run(path, which, device, data_root, notes)
     cfg = setup.config
     names, logits = _split_logits(setup, splits)
     sample = sample_images(setup, latency_batch)
@@ -285,7 +290,8 @@ def anytime_report(path: str | Path, which: str = "best", splits: Sequence[str] 
               "step": checkpoint["loop"]["step"], "latency_batch": costs["batch"],
               "forward_latency_ms": costs["forward_latency_ms"], "latency_repeats": repeats,
               "exits": exits, "early_exit": {"order": names},
-              "header": [*data_lines(setup), model_line(setup)]}
+              "device": str(setup.device),
+              "header": [*data_lines(setup), model_line(setup), *(f"note: {n}" for n in notes)]}
     if len(names) < 2:
         report["early_exit"]["skipped"] = SINGLE_EXIT
         return report

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from auxilia import jsonio
-from auxilia.engine.checkpoint import atomic_write
+from auxilia.atomic_files import atomic_write
 from auxilia.engine.runfolder import is_run_folder
 
 REPORT_FILES = ("anytime.json", "anytime.png")

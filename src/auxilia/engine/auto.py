@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from auxilia.config import Config
+from auxilia.data import folders
 from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError
 from auxilia.data.types import DatasetSplits
@@ -63,8 +64,6 @@ def choose(channels: int, side: int, gpu: bool, size_given: bool) -> tuple[str, 
 
 
 def _train_files(cfg: DataConfig) -> list[Path]:
-    from auxilia.data import folders
-
     if cfg.source == "folder" and cfg.root is not None:
         root = Path(cfg.root).expanduser()
         skip = folders._unlabeled_inside(root, cfg)  # an unlabeled folder is no class

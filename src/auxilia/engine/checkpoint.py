@@ -1,152 +1,24 @@
-"""Atomic checkpoints that load without unpickling arbitrary objects."""
+"""Atomic checkpoints that load without unpickling arbitrary objects, and where a run's
+checkpoints are: :func:`resolve_checkpoint` (a run folder or a checkpoint file), the run folder
+of a checkpoint, the sweep or pipeline folder given where a run was expected."""
 
 from __future__ import annotations
 
-import os
-import random
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from auxilia.atomic_files import atomic_write
+from auxilia.engine.owned import folder_kind
+from auxilia.engine.runfolder import MARKER
 from auxilia.models.weights import describe_load_error
 from auxilia.paths import regular_file
-
-TEMPORARY_GLOB = ".*.tmp"
-"""Names of the temporaries :func:`atomic_write` creates; a crash may leave one behind."""
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, named in the message."""
-
-
-def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
-    """Write through ``write(file)`` into a temporary sibling, fsync, then rename over ``path``.
-
-    A crash at any point leaves either the old file or the new one, never a torn one; a
-    crash may leave a ``.<name>.*.tmp`` sibling behind (see :data:`TEMPORARY_GLOB`).
-
-    ``write`` gets a binary file object whose failed writes are recorded: ``torch.save``
-    reports a failed write as a ``RuntimeError`` (``enforce fail at inline_container.cc``),
-    and the recorded ``OSError`` is the one raised instead.
-
-    Raises:
-        OSError: the write failed (e.g. no space left on device); the message names ``path``
-            and ``path`` itself is unchanged.
-    """
-    def fill(fd: int, tmp: Path) -> None:
-        with os.fdopen(fd, "wb") as f:
-            _write_through(f, write)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _replace(path, fill)
-
-
-def atomic_write_path(path: Path, write: Callable[[Path], object]) -> None:
-    """:func:`atomic_write` for writers that take a path only (``torch.onnx.export``).
-
-    ``write(tmp)`` writes the temporary sibling ``tmp``; it is then fsynced and renamed.
-
-    Raises:
-        OSError: as :func:`atomic_write`.
-    """
-    def fill(fd: int, tmp: Path) -> None:
-        os.close(fd)
-        write(tmp)
-        sync_fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(sync_fd)
-        finally:
-            os.close(sync_fd)
-
-    _replace(path, fill)
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it (Linux), else by setting it back at once."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _replace(path: Path, fill: Callable[[int, Path], None]) -> None:
-    """Create a temporary sibling of ``path``, ``fill(fd, tmp)`` it, rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600, made the user's usual mode
-        fill(fd, Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _named(err, f"cannot write {path}", "the previous file is unchanged") from err
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        raise _named(err, f"wrote {path} but cannot sync its folder",
-                     "the new file may not survive a power loss") from err
-
-
-class _RecordingFile:
-    """A file object that keeps the first ``OSError`` its ``write`` or ``flush`` raised."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._file.write(data)
-        except OSError as err:
-            self.error = self.error or err
-            raise
-
-    def flush(self) -> None:
-        try:
-            self._file.flush()
-        except OSError as err:
-            self.error = self.error or err
-            raise
-
-    def __getattr__(self, name: str) -> Any:  # fileno, tell, seek, ... of the real file
-        return getattr(self._file, name)
-
-
-def _write_through(file: Any, write: Callable[[Any], object]) -> None:
-    """``write(file)``, raising the file's own ``OSError`` when the writer hid or replaced it."""
-    recorder = _RecordingFile(file)
-    try:
-        write(recorder)
-    except Exception as err:
-        if recorder.error is None:
-            raise
-        raise recorder.error from err
-    if recorder.error is not None:  # swallowed by the writer: the file is incomplete
-        raise recorder.error
-
-
-def _named(err: OSError, what: str, consequence: str) -> OSError:
-    """``err`` again (same class and errno), its message naming the file and the consequence."""
-    reason = err.strerror or str(err) or type(err).__name__
-    message = f"{what}: {reason}; {consequence}"
-    return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -204,34 +76,66 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """Every random generator the run draws from, in a weights-only-loadable form."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": _to_lists(random.getstate()),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "gauss": [int(np_state[3]), float(np_state[4])]},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def resolve_checkpoint(path: str | Path, which: str = "best",
+                       advice: str = "use --checkpoint {which} for {path}") -> Path:
+    """A checkpoint file, or ``<run>/checkpoints/{best,last}.pt`` for a run folder.
+
+    Args:
+        path: a run folder or a checkpoint file.
+        which: ``"best"`` or ``"last"`` for a run folder.
+        advice: the fix when only the other checkpoint exists, in the caller's terms (a flag
+            of ``eval``/``export``, a config key of a teacher); ``{which}`` and ``{path}`` name
+            the other checkpoint.
+
+    Raises:
+        CheckpointError: no such checkpoint, naming the other one when it exists.
+    """
+    p = Path(path)
+    if p.is_dir():
+        candidate = p / "checkpoints" / f"{which}.pt"
+        other = p / "checkpoints" / ("last.pt" if which == "best" else "best.pt")
+        if not candidate.exists() and other.exists():
+            why = ("no evaluation selected a best checkpoint (e.g. the validation loss was "
+                   "never finite, or the run stopped before its first evaluation)"
+                   if which == "best" else "last.pt is missing")
+            raise CheckpointError(f"{p} has no checkpoints/{which}.pt: {why}; "
+                                  + advice.format(which=other.stem, path=other))
+        found = runs_folder(p)
+        if not candidate.exists() and found is not None:
+            raise CheckpointError(f"{p} is a {found[0]} folder, not a run folder: give one of "
+                                  f"its runs instead{for_example(found[1])}")
+        if not candidate.exists():
+            raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
+                                  "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")
+        return regular_file(candidate, "checkpoint", CheckpointError)
+    if not p.exists():
+        raise CheckpointError(f"no run folder or checkpoint at {p}")
+    return regular_file(p, "checkpoint", CheckpointError)  # e.g. /dev/null or a FIFO
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuples(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["gauss"][0], np_state["gauss"][1]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def runs_folder(path: Path) -> tuple[str, Path | None] | None:
+    """``(kind, one run in it)`` for a sweep or pipeline folder (the run is None when it holds
+    none yet), else None."""
+    kind = folder_kind(path)
+    if kind not in ("sweep", "pipeline"):
+        return None
+    return kind, example_run(path)
 
 
-def _to_lists(x: Any) -> Any:
-    return [_to_lists(v) for v in x] if isinstance(x, tuple | list) else x
+def example_run(folder: Path, depth: int = 3) -> Path | None:
+    """The first run folder (sorted) up to ``depth`` levels below ``folder``, or None."""
+    for level in range(1, depth + 1):
+        for marker in sorted(folder.glob("/".join(["*"] * level) + f"/{MARKER}")):
+            return marker.parent
+    return None
 
 
-def _to_tuples(x: Any) -> Any:
-    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+def for_example(run: Path | None, prefix: str = "") -> str:
+    """``, e.g. <prefix><run>``, or a note that the folder holds no run yet."""
+    return f", e.g. {prefix}{run}" if run is not None else " (it holds no run yet)"
+
+
+def run_folder_of_checkpoint(path: Path) -> Path | None:
+    """The run folder of ``RUN/checkpoints/<name>.pt``, or None for a loose checkpoint file."""
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+

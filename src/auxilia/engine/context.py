@@ -1,30 +1,31 @@
-"""What a run is made of, in one object: the built setup, the model slots, the streams, the
-optimizers, the gradient scaler and the loop's counters (plus, once training, its folder, log
-and progress bar).
+"""What a run is made of, in one object: the built setup, the model slots, the batches (its
+streams), the optimizers, the gradient scaler and the loop's counters, plus its typed I/O
+(:class:`~auxilia.engine.runio.RunIO`: folder, log, progress).
 
+State only: what a step does with it is the stepper's (:mod:`auxilia.engine.stepper`).
 :func:`build_run` turns an objective's declarations (:mod:`auxilia.parts`) into these pieces;
-the loop, the step and the checkpoint read them by name and know no method.
+the loop, the stepper and the checkpoint read them by name and know no method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from auxilia.config import SEED_MAX, Config, OptimConfig, ScheduleConfig
+from auxilia.config import Config, OptimConfig, ScheduleConfig
 from auxilia.data.streams import IndexStream
-from auxilia.engine.evaluate import autocast
+from auxilia.engine.batches import Batches
 from auxilia.engine.optim import build_optimizer_over
+from auxilia.engine.runio import RunIO
 from auxilia.engine.setup import Setup
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
 from auxilia.models.weights import load_run_classifier
-from auxilia.parts import LABELED, MAIN, OBJECTIVE, STUDENT, OptimizerSpec, Slot, StreamSpec
+from auxilia.parts import MAIN, OBJECTIVE, STUDENT, OptimizerSpec, Slot
 from auxilia.seeding import derive_seed, seeded
 from auxilia.terms import Objective
 
@@ -57,18 +58,16 @@ class Optimizer:
 
 @dataclass
 class RunContext:
-    """Everything a run is made of; the loop and the step take this and nothing else."""
+    """Everything a run is made of; the loop and the stepper take this and nothing else."""
 
     setup: Setup
     models: dict[str, nn.Module]
     slots: dict[str, Slot]
-    streams: dict[str, IndexStream]
+    batches: Batches
     optimizers: dict[str, Optimizer]
     scaler: torch.amp.GradScaler
     loop: LoopState = field(default_factory=LoopState)
-    folder: Any = None  # RunFolder, once the run has one
-    log: Any = None  # MetricsLog, while training
-    bar: Any = None  # ProgressBar, while training
+    io: RunIO = field(default_factory=RunIO)
 
     @property
     def config(self) -> Config:
@@ -83,13 +82,17 @@ class RunContext:
         return self.setup.model
 
     @property
+    def streams(self) -> dict[str, IndexStream]:
+        return self.batches.streams
+
+    @property
     def labeled(self) -> IndexStream:
-        return self.streams[LABELED]
+        return self.batches.labeled
 
     @property
     def steps_per_epoch(self) -> int:
         """An epoch is one pass over the labeled split."""
-        return self.labeled.batches_per_epoch
+        return self.batches.steps_per_epoch
 
     @property
     def total_steps(self) -> int:
@@ -97,28 +100,11 @@ class RunContext:
         ``train.time`` (:meth:`auxilia.train_config.TrainConfig.total_steps`)."""
         return self.config.train.total_steps(self.steps_per_epoch, self.loop.derived_steps)
 
-    def autocast(self) -> AbstractContextManager[None]:
-        cfg = self.config.train
-        return autocast(self.setup.device, cfg.amp, self.setup.amp_dtype)
-
     def set_modes(self) -> None:
         """Student in train mode, every other slot in the mode it asks for."""
         self.student.train()
         for name, slot in self.slots.items():
             self.models[name].train(slot.mode == "train")
-
-    def forward(self, wanted: Mapping[str, Sequence[str]], batch: Mapping[str, torch.Tensor]
-                ) -> Any:
-        from auxilia.engine.batch import forward_all
-
-        no_grad = {name for name, slot in self.slots.items() if not slot.grad}
-        return forward_all(self.models, wanted, batch, no_grad=no_grad)
-
-    def backward_step(self, loss: torch.Tensor, optimizers: Sequence[str] | None = None,
-                      losses: Mapping[str, torch.Tensor] | None = None) -> bool:
-        from auxilia.engine.step import backward_step
-
-        return backward_step(self, loss, optimizers, losses)
 
 
 class _SlotBuilder:
@@ -155,10 +141,10 @@ def build_run(setup: Setup) -> RunContext:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         models[name] = model.to(setup.device)
     _check_refs(setup.objective, models)
-    streams = build_streams(setup)
+    batches = Batches.build(setup)
     optimizers = build_optimizers(setup, models)
     scaler = torch.amp.GradScaler(setup.device.type, enabled=fp16_scaling(setup))
-    return RunContext(setup, models, dict(setup.objective.slots), streams, optimizers, scaler)
+    return RunContext(setup, models, dict(setup.objective.slots), batches, optimizers, scaler)
 
 
 def _check_refs(objective: Objective, models: Mapping[str, nn.Module]) -> None:
@@ -176,31 +162,6 @@ def fp16_scaling(setup: Setup) -> bool:
     """Loss scaling is on for fp16 autocast (bf16 has fp32's range and needs none)."""
     t = setup.config.train
     return t.amp and t.amp_dtype == "float16" and setup.device.type in ("cuda", "cpu")
-
-
-def build_streams(setup: Setup) -> dict[str, IndexStream]:
-    """One :class:`IndexStream` per declared stream; ``labeled`` keeps ``config.seed`` (its
-    order is the same for every method), the others draw from their own seeds."""
-    cfg = setup.config
-    streams = {}
-    for name, spec in setup.objective.streams.items():
-        split = _stream_split(setup, name, spec)
-        n, size = len(split), spec.size(cfg.data.batch_size)
-        if size > n and name == LABELED:
-            setup.data.notes.append(f"data.batch_size={size} is larger than the {n} training "
-                                    f"images: every batch holds all {n}")
-        # a seed in config.seed's range: IndexStream mixes it with the epoch in 64 bits
-        seed = cfg.seed if name == LABELED else derive_seed(cfg.seed, "stream", name) % SEED_MAX
-        streams[name] = IndexStream(n, size, seed=seed)
-    return streams
-
-
-def _stream_split(setup: Setup, name: str, spec: StreamSpec) -> Any:
-    split = getattr(setup.data, spec.split, None)
-    if split is None or not len(split):
-        raise ValueError(f"stream {name!r} reads the {spec.split!r} split, which this dataset "
-                         "does not have (data.unlabeled gives one)")
-    return split
 
 
 def build_optimizers(setup: Setup, models: Mapping[str, nn.Module]) -> dict[str, Optimizer]:

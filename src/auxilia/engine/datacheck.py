@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from auxilia import jsonio
+from auxilia.atomic_files import atomic_write
 from auxilia.data.identity import describe_changes, listing, same
 from auxilia.data.types import DatasetSplits
-from auxilia.engine.checkpoint import atomic_write
 
 __all__ = ["DataChangedError", "check_same_data", "read_data_listing", "write_data_identity"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -137,3 +138,31 @@ def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, thresh
     if above:
         metrics["top1_above_threshold"] = 100.0 * right_above / above
     return metrics
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A run's evaluation settings, bound once: the eval view, the batch size, the device and
+    the precision and memory layout the run trains with. Every evaluation of a run (during
+    training, of its teacher and peers, of a saved run, and the time budget's timing) goes
+    through the run's one evaluator (:attr:`auxilia.engine.setup.Setup.evaluator`)."""
+
+    view: nn.Module
+    batch_size: int
+    device: torch.device
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.bfloat16
+    channels_last: bool = False
+
+    def metrics(self, model: nn.Module, split: Split) -> dict[str, float]:
+        """:func:`evaluate` of ``model`` on ``split``."""
+        return evaluate(model, split, self.view, batch_size=self.batch_size, device=self.device,
+                        amp=self.amp, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+
+    def pseudo_labels(self, model: nn.Module, split: Split, threshold: float
+                      ) -> dict[str, float]:
+        """:func:`pseudo_label_quality` of ``model`` on ``split``."""
+        return pseudo_label_quality(model, split, self.view, threshold,
+                                    batch_size=self.batch_size, device=self.device,
+                                    amp=self.amp, amp_dtype=self.amp_dtype,
+                                    channels_last=self.channels_last)

@@ -34,11 +34,13 @@ import torch
 from torch import nn
 
 from auxilia import jsonio
+from auxilia.atomic_files import atomic_write, atomic_write_path
 from auxilia.data.config import RESIZE_METHOD
-from auxilia.engine.checkpoint import atomic_write, atomic_write_path
+from auxilia.engine.checkpoint import resolve_checkpoint
 from auxilia.engine.export_checks import all_or_nothing, check_out, check_packages
 from auxilia.engine.header import data_lines, model_line
-from auxilia.engine.reload import load_run, resolve_checkpoint
+from auxilia.engine.reload import load_run
+from auxilia.engine.runfolder import is_run_folder
 from auxilia.engine.setup import Setup
 
 FORMATS: dict[str, str] = {"torchscript": ".pt", "onnx": ".onnx", "state_dict": ".safetensors"}
@@ -129,8 +131,6 @@ def _checked(target: Path, out: str | Path | None) -> Path:
 
 def _refuse_run_files(target: Path, own: Path) -> None:
     """An export (model or sidecar) lands in a run folder only in its own run's ``export/``."""
-    from auxilia.engine.runfolder import is_run_folder
-
     own = own.resolve()
     for file in (target, target.with_suffix(".json")):
         parent = file.resolve().parent

@@ -120,7 +120,7 @@ def all_or_nothing(*files: Path) -> Iterator[None]:
     """Create the folders of ``files``; if the block fails, leave everything as it was before.
 
     Each existing file is kept aside first as a hard link (a copy where the file system has
-    none), named like :func:`~auxilia.engine.checkpoint.atomic_write`'s temporaries
+    none), named like :func:`~auxilia.atomic_files.atomic_write`'s temporaries
     (``.<name>.*.tmp``). On any exception, ``KeyboardInterrupt`` included, the kept files are
     renamed back, files that did not exist are removed, and the folders created here are removed
     again when nothing else was put in them. On success the kept copies are deleted.

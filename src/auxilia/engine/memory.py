@@ -1,14 +1,16 @@
-"""Memory a run will need, estimated before anything large is allocated.
+"""Memory a training step will need, estimated before anything large is allocated.
 
-An image size or batch size that does not fit makes the process allocate until the machine
-swaps or the kernel kills it, losing whatever was not saved. Both memory users are checked
-up front against what is available, with a one-line error naming the keys to lower:
-
-* the decoded dataset (:func:`check_decoded_size`): every split is held in memory as ``uint8``
-  ``N x C x H x W``;
-* one training step (:func:`check_step_memory`): the model's forward is run on the ``meta``
-  device (shapes only, no data, milliseconds) and the bytes of every tensor it creates are
-  summed, then scaled by the batch, the views and the autograd factor below.
+A batch size or image size that does not fit makes the process allocate until the machine
+swaps or the kernel kills it (or CUDA runs out of memory), losing whatever was not saved. One
+training step (:func:`check_step_memory`) is checked up front against what is available, with a
+one-line error naming the numbers and the keys to lower. The model's forward is run on the
+``meta`` device (shapes only, no data, milliseconds) and the bytes of every tensor it creates
+are summed, then scaled by the batch, the views and the autograd factor below. Every model of
+the step is counted (:func:`estimate_step`): the student, each slot (teacher, EMA model, peer:
+its weights; a trained slot its gradient and optimizer state and autograd's activations; a slot
+without gradient only its forward under ``no_grad``) and the terms' state (the prediction banks
+of Temporal Ensembling and PS-KD, ``N x classes`` floats). The decoded dataset is checked by
+:func:`auxilia.data.host_memory.check_decoded_size` before it is decoded.
 
 An estimate that cannot be made (a model whose forward fails on ``meta``, a device whose free
 memory is unknown) skips the check: it never stops a run that might fit.
@@ -16,7 +18,7 @@ memory is unknown) skips the check: it never stops a run that might fit.
 
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from auxilia.config import Config, ConfigError
-from auxilia.data.raw import DataError
+from auxilia.data.host_memory import CGROUP, GiB, cpu_available_bytes
+from auxilia.data.host_memory import gib as _gib
+from auxilia.models.multi_exit import MultiExitModel
+from auxilia.models.registry import create_backbone
+from auxilia.parts import STUDENT, EMASlot, ModuleSlot, Slot, view_stream
+from auxilia.terms import Objective
 
-GiB = 2**30
+__all__ = ["AUTOGRAD_FACTOR", "EVAL_FACTOR", "ForwardBytes", "GiB", "StepEstimate",
+           "available_bytes", "check_step_memory", "estimate_step", "eval_bytes",
+           "forward_bytes", "model_batches", "optimizer_copies", "step_bytes"]
 
 AUTOGRAD_FACTOR = 1.5
 """Peak memory of a training step per byte of forward output. Autograd keeps (nearly) every
@@ -41,9 +50,6 @@ a few layers at a time, and the allocator rounds and caches. Checked against mea
 EVAL_FACTOR = 3
 """Under ``no_grad`` only a layer's input, its output and a residual branch are alive at once:
 an evaluation batch needs about this many times its largest layer output."""
-
-CGROUP = Path("/sys/fs/cgroup")
-"""The cgroup v2 folder of this process: in a container, its memory limit is the real one."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ class _CountOutputs(TorchDispatchMode):
         return out
 
 
-def forward_bytes(model: nn.Module, image_shape: tuple[int, int, int]) -> ForwardBytes | None:
+def forward_bytes(model: nn.Module, image_shape: tuple[int, int, int], grad: bool = True
+                  ) -> ForwardBytes | None:
     """Bytes one sample's forward creates, measured on the ``meta`` device (nothing allocated).
 
     The model's own weights are untouched: the forward runs on ``meta`` copies of them
@@ -92,6 +99,8 @@ def forward_bytes(model: nn.Module, image_shape: tuple[int, int, int]) -> Forwar
     Args:
         model: the model, in the mode (train or eval) to measure.
         image_shape: ``(C, H, W)`` of one input.
+        grad: measure with autograd on (False: under ``no_grad``, as a frozen teacher or an
+            EMA model runs; a user's teacher module is never called with gradient).
 
     Returns:
         Per-sample bytes, or None when the forward fails on ``meta`` (e.g. a model that builds
@@ -102,7 +111,7 @@ def forward_bytes(model: nn.Module, image_shape: tuple[int, int, int]) -> Forwar
         tensors = {name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
                    for name, t in [*model.named_parameters(), *model.named_buffers()]}
         x = torch.empty((probe, *image_shape), device="meta")
-        with _CountOutputs() as counter:
+        with _CountOutputs() as counter, torch.set_grad_enabled(grad):
             functional_call(model, tensors, (x,), strict=False)
     except Exception:  # any failure only means there is no estimate
         return None
@@ -145,9 +154,8 @@ def eval_bytes(per_sample: ForwardBytes, image_shape: tuple[int, int, int], batc
 def available_bytes(device: torch.device, cgroup: Path = CGROUP) -> int | None:
     """Memory free for this process on ``device``, or None when it cannot be told.
 
-    CPU: ``MemAvailable`` of ``/proc/meminfo`` (else ``os.sysconf``), lowered to what the
-    cgroup's limit leaves (containers; reclaimable page cache counts as free). CUDA: the
-    device's free memory plus what PyTorch's allocator caches without using.
+    CPU: :func:`auxilia.data.host_memory.cpu_available_bytes` (the cgroup's limit included).
+    CUDA: the device's free memory plus what PyTorch's allocator caches without using.
 
     Args:
         device: where the memory is needed.
@@ -162,72 +170,193 @@ def available_bytes(device: torch.device, cgroup: Path = CGROUP) -> int | None:
         return int(free + cached)
     if device.type != "cpu":
         return None  # e.g. MPS: unified memory with no free-memory query
-    candidates = [n for n in (_meminfo_available(), _cgroup_available(cgroup)) if n is not None]
-    return min(candidates) if candidates else None
+    return cpu_available_bytes(cgroup)
 
 
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
+def model_batches(objective: Objective, model: str, batch_size: int) -> float:
+    """Batches of ``data.batch_size`` images one step forwards through ``model`` (an unlabeled
+    view at μ = 7 counts 7; a view a step strategy makes, such as MixMatch's mixed batch, 1)."""
+    total = 0.0
+    for key in objective.inputs().get(model, ()):
+        try:
+            spec = objective.streams[view_stream(key, objective.streams)]
+        except ValueError:
+            total += 1
+            continue
+        total += spec.size(batch_size) / batch_size
+    return total
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """Peak bytes of one training step, by part.
+
+    Attributes:
+        parts: ``student``, each slot by name, and ``term state`` (the terms' banks and
+            parameters), each the bytes it adds to what is already allocated.
+    """
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def estimate_step(config: Config, model: nn.Module, image_shape: tuple[int, int, int],
+                  views: int, device: torch.device, objective: Objective | None = None
+                  ) -> StepEstimate | None:
+    """What one training step needs on ``device``, every model of the objective counted.
+
+    Weights already allocated are not counted: on the CPU the built student and the terms'
+    state (they move to an accelerator after this check, so count there), and a teacher
+    module everywhere (it is loaded onto the device before). A slot that cannot be estimated
+    (a model that fails on ``meta``) adds nothing: the estimate stays a lower bound.
+
+    Args:
+        config: the run's config (batch size, optimizer, AMP).
+        model: the student, built, not yet moved to ``device``.
+        image_shape: ``(C, H, W)`` of the inputs.
+        views: batches the student forwards per step when ``objective`` is None.
+        device: the training device.
+        objective: the run's objective: its slots, their views and the terms' state.
+
+    Returns:
+        The estimate, or None when the student's forward fails on ``meta``.
+    """
+    per_sample = forward_bytes(model, image_shape)
+    if per_sample is None:
         return None
+    per_sample = _at_precision(config, per_sample)
+    batch, resident = config.data.batch_size, device.type == "cpu"
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    student_views = (math.ceil(model_batches(objective, STUDENT, batch)) or views
+                     if objective is not None else views)
+    parts = {STUDENT: step_bytes(per_sample, image_shape, batch, student_views, params,
+                                 optimizer_copies(config, device))}
+    if objective is None:
+        return StepEstimate(parts)
+    for name, slot in objective.slots.items():
+        size = _slot_bytes(config, name, slot, objective, model, per_sample, image_shape,
+                           device)
+        if size is not None:
+            parts[name] = size
+    state = sum(t.numel() * t.element_size() for t in (*objective.parameters(),
+                                                      *objective.buffers()))
+    trained = sum(p.numel() * p.element_size() for p in objective.parameters()
+                  if p.requires_grad)
+    parts["term state"] = (0 if resident else state) + trained * _state_copies(config)
+    return StepEstimate(parts)
 
 
-def _cgroup_available(cgroup: Path) -> int | None:
-    """``memory.max`` minus the unreclaimable part of ``memory.current``; None if unlimited."""
+def _at_precision(config: Config, per_sample: ForwardBytes) -> ForwardBytes:
+    """Activations under AMP: convolutions and matrix products, most of the bytes, in 16 bits."""
+    if not config.train.amp:
+        return per_sample
+    return ForwardBytes(per_sample.total // 2, per_sample.largest // 2)
+
+
+def _state_copies(config: Config) -> int:
+    """Gradient and optimizer state per trainable parameter (the weights not included)."""
+    return optimizer_copies(config, torch.device("cpu"))
+
+
+def _slot_bytes(config: Config, name: str, slot: Slot, objective: Objective,
+                student: nn.Module, student_sample: ForwardBytes,
+                image_shape: tuple[int, int, int], device: torch.device) -> int | None:
+    """Bytes one slot adds to a step: its weights (unless already loaded), then
+
+    * trained (a peer): gradient and optimizer state, and autograd's activations;
+    * not trained (a frozen teacher, an EMA model): its forward under ``no_grad``, where
+      only a few layer outputs are alive at once (:data:`EVAL_FACTOR`).
+    """
+    proxy = _slot_model(slot, objective, student, image_shape)
+    if proxy is None:
+        return None
+    sample = (student_sample if proxy is student
+              else forward_bytes(proxy, image_shape, grad=slot.grad))
+    if sample is None:
+        return None
+    sample = sample if proxy is student else _at_precision(config, sample)
+    tensors = [*proxy.parameters(), *proxy.buffers()]
+    weights = 0 if isinstance(slot, ModuleSlot) else sum(t.numel() * t.element_size()
+                                                         for t in tensors)
+    images = config.data.batch_size * model_batches(objective, name, config.data.batch_size)
+    if slot.grad:
+        # its inputs are the student's views, already counted with the student
+        trainable = sum(p.numel() * p.element_size() for p in proxy.parameters())
+        return int(weights + trainable * _state_copies(config) * int(slot.trained)
+                   + images * sample.total * AUTOGRAD_FACTOR)
+    return int(weights + images * sample.largest * EVAL_FACTOR)
+
+
+def _slot_model(slot: Slot, objective: Objective, student: nn.Module,
+                image_shape: tuple[int, int, int], depth: int = 0) -> nn.Module | None:
+    """The model a slot builds, or one of the same size: the student itself when the slot
+    has the student's architecture (a frozen copy, an EMA of it, a peer of the same model;
+    its heads are the student's, a small difference), a ``meta`` build of another
+    architecture (no memory, no download), the teacher module itself."""
+    if isinstance(slot, ModuleSlot):
+        return slot.model
+    if isinstance(slot, EMASlot):
+        source = objective.slots.get(slot.of)
+        if slot.of == STUDENT or source is None or depth > len(objective.slots):
+            return student
+        return _slot_model(source, objective, student, image_shape, depth + 1)
+    architecture = getattr(slot, "architecture", None)
+    if architecture is None:
+        return student
+    classes = getattr(getattr(student, "classifier", None), "out_features", None)
     try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        used = int((cgroup / "memory.current").read_text())
-        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
-        return max(0, int(limit) - used + int(stat.get("inactive_file", 0)))
-    except (OSError, ValueError):
+        with torch.device("meta"):
+            backbone = create_backbone(architecture, in_chans=image_shape[0],
+                                       image_size=image_shape[1])
+            return MultiExitModel(backbone, classes or 1)
+    except Exception:  # any failure only means this slot has no estimate
         return None
 
 
 def check_step_memory(config: Config, model: nn.Module, image_shape: tuple[int, int, int],
-                      views: int, device: torch.device, *, training: bool = True) -> None:
+                      views: int, device: torch.device, *, training: bool = True,
+                      objective: Objective | None = None) -> None:
     """Refuses a run whose training step or evaluation batch would not fit on ``device``.
 
     Args:
         config: the run's config (batch sizes, optimizer, AMP, the image size key).
         model: the built model, not yet moved to ``device``.
         image_shape: ``(C, H, W)`` of the model's inputs.
-        views: views concatenated into one forward per step (the objective's inputs).
+        views: batches of ``data.batch_size`` every model forwards per step, together (the
+            message names it; :func:`auxilia.engine.setup.step_views`).
         device: the training device.
         training: False when the model is only evaluated or exported: then only an
             evaluation batch has to fit, not a training step.
+        objective: the run's objective; its slots and terms' state are counted
+            (:func:`estimate_step`). None counts the student alone.
 
     Raises:
-        ConfigError: one line with the estimate, what is available and the keys to lower.
+        ConfigError: one line with the estimate (by model when there are several), what is
+            available and the keys to lower.
     """
     per_sample = forward_bytes(model, image_shape)
     free = available_bytes(device) if per_sample is not None else None
     if per_sample is None or free is None:
         return
-    if config.train.amp:  # convolutions and matrix products, most of the bytes, in 16 bits
-        per_sample = ForwardBytes(per_sample.total // 2, per_sample.largest // 2)
     data = config.data
     size = (f"data.image_size={data.size}" if data.size is not None
             else f"{image_shape[1]}x{image_shape[2]} images")
     where = "CPU memory" if device.type == "cpu" else f"on {device}"
     available = f"but {_gib(free)} is available ({where})"
-    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    need = step_bytes(per_sample, image_shape, data.batch_size, views, params,
-                      optimizer_copies(config, device))
-    if training and need > free:
+    estimate = estimate_step(config, model, image_shape, views, device, objective) \
+        if training else None
+    if estimate is not None and estimate.total > free:
+        counted = {k: v for k, v in estimate.parts.items() if v}
+        parts = (": " + ", ".join(f"{k} {_gib(v)}" for k, v in counted.items())
+                 if set(counted) != {STUDENT} else "")
         raise ConfigError(
             f"{size} with data.batch_size={data.batch_size} and {views} view"
-            f"{'s' if views != 1 else ''} needs about {_gib(need)} for one training step "
-            f"(estimated), {available}; lower data.image_size or data.batch_size")
-    need = eval_bytes(per_sample, image_shape, data.eval_batch_size)
+            f"{'s' if views != 1 else ''} needs about {_gib(estimate.total)} for one training "
+            f"step (estimated{parts}), {available}; lower data.image_size or data.batch_size")
+    need = eval_bytes(_at_precision(config, per_sample), image_shape, data.eval_batch_size)
     if need > free:
         raise ConfigError(
             f"{size} with data.eval_batch_size={data.eval_batch_size} needs about {_gib(need)} "
@@ -235,43 +364,5 @@ def check_step_memory(config: Config, model: nn.Module, image_shape: tuple[int, 
             "data.image_size")
 
 
-def check_decoded_size(n_images: int, channels: int, height: int, width: int, what: str, *,
-                       working_bytes: int = 0) -> None:
-    """Refuses to decode images whose ``uint8`` array would not fit in CPU memory.
-
-    Call it before allocating the ``N x C x H x W`` array (decoding, resizing). When the free
-    memory cannot be read, nothing is checked.
-
-    Args:
-        n_images: images to hold.
-        channels, height, width: shape of one decoded image.
-        what: what is decoded, with the keys that size it, e.g.
-            ``"digits resized to data.image_size=4096"``.
-        working_bytes: memory needed on top while the array is produced (e.g. a float32
-            buffer of the images being resized).
-
-    Raises:
-        DataError: ``<what>: 1,797 images of 1x4096x4096 need 28 GiB in memory as uint8, but
-            21 GiB is available; lower data.image_size (or load fewer images)``.
-    """
-    need = n_images * channels * height * width
-    free = available_bytes(torch.device("cpu")) if need + working_bytes else None
-    if free is None or need + working_bytes <= free:
-        return
-    extra = f" (and {_gib(working_bytes)} more while converting)" if working_bytes else ""
-    raise DataError(f"{what}: {n_images:,} images of {channels}x{height}x{width} need "
-                    f"{_gib(need)} in memory as uint8{extra}, but {_gib(free)} is available; "
-                    "lower data.image_size (or load fewer images)")
-
-
 def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _gib(n: int | float) -> str:
-    """``0.3 GiB``, ``21 GiB``, ``1,234 GiB``."""
-    gib = n / GiB
-    return f"{gib:,.1f} GiB" if gib < 10 else f"{gib:,.0f} GiB"
+    return math.prod(shape)

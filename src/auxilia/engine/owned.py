@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from fnmatch import fnmatch
 from pathlib import Path
 
-from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
+from auxilia.atomic_files import TEMPORARY_GLOB, atomic_write
 from auxilia.engine.runfolder import (
     MARKER,
     REPLACED_PREFIX,

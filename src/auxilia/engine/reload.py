@@ -1,4 +1,5 @@
-"""Rebuild a trained model from a run folder or a checkpoint file."""
+"""Rebuild a trained model from a run folder or a checkpoint file (found by
+:func:`~auxilia.engine.checkpoint.resolve_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -11,76 +12,16 @@ from auxilia.config import Config, parse_config
 from auxilia.data.raw import DataError
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits, Split
-from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
+from auxilia.engine.checkpoint import load_checkpoint, resolve_checkpoint, run_folder_of_checkpoint
 from auxilia.engine.datacheck import check_same_data
+from auxilia.engine.device import run_device
 from auxilia.engine.evaluate import evaluate
-from auxilia.engine.owned import folder_kind
-from auxilia.engine.runfolder import MARKER
 from auxilia.engine.setup import Setup, build_setup
-from auxilia.paths import regular_file
-
-
-def resolve_checkpoint(path: str | Path, which: str = "best",
-                       advice: str = "use --checkpoint {which} for {path}") -> Path:
-    """A checkpoint file, or ``<run>/checkpoints/{best,last}.pt`` for a run folder.
-
-    Args:
-        path: a run folder or a checkpoint file.
-        which: ``"best"`` or ``"last"`` for a run folder.
-        advice: the fix when only the other checkpoint exists, in the caller's terms (a flag
-            of ``eval``/``export``, a config key of a teacher); ``{which}`` and ``{path}`` name
-            the other checkpoint.
-
-    Raises:
-        CheckpointError: no such checkpoint, naming the other one when it exists.
-    """
-    p = Path(path)
-    if p.is_dir():
-        candidate = p / "checkpoints" / f"{which}.pt"
-        other = p / "checkpoints" / ("last.pt" if which == "best" else "best.pt")
-        if not candidate.exists() and other.exists():
-            why = ("no evaluation selected a best checkpoint (e.g. the validation loss was "
-                   "never finite, or the run stopped before its first evaluation)"
-                   if which == "best" else "last.pt is missing")
-            raise CheckpointError(f"{p} has no checkpoints/{which}.pt: {why}; "
-                                  + advice.format(which=other.stem, path=other))
-        found = runs_folder(p)
-        if not candidate.exists() and found is not None:
-            raise CheckpointError(f"{p} is a {found[0]} folder, not a run folder: give one of "
-                                  f"its runs instead{for_example(found[1])}")
-        if not candidate.exists():
-            raise CheckpointError(f"{p} holds no checkpoints/{which}.pt; is it an auxilia run "
-                                  "folder? (expected checkpoints/best.pt and checkpoints/last.pt)")
-        return regular_file(candidate, "checkpoint", CheckpointError)
-    if not p.exists():
-        raise CheckpointError(f"no run folder or checkpoint at {p}")
-    return regular_file(p, "checkpoint", CheckpointError)  # e.g. /dev/null or a FIFO
-
-
-def runs_folder(path: Path) -> tuple[str, Path] | None:
-    """``(kind, one run in it)`` for a sweep or pipeline folder (the run is None when it holds
-    none yet), else None."""
-    kind = folder_kind(path)
-    if kind not in ("sweep", "pipeline"):
-        return None
-    return kind, example_run(path)
-
-
-def example_run(folder: Path, depth: int = 3) -> Path | None:
-    """The first run folder (sorted) up to ``depth`` levels below ``folder``, or None."""
-    for level in range(1, depth + 1):
-        for marker in sorted(folder.glob("/".join(["*"] * level) + f"/{MARKER}")):
-            return marker.parent
-    return None
-
-
-def for_example(run: Path | None, prefix: str = "") -> str:
-    """``, e.g. <prefix><run>``, or a note that the folder holds no run yet."""
-    return f", e.g. {prefix}{run}" if run is not None else " (it holds no run yet)"
 
 
 def load_run(path: str | Path, which: str = "best", device: str | None = None,
-             data_root: str | Path | None = None) -> tuple[Setup, dict[str, Any]]:
+             data_root: str | Path | None = None, notes: list[str] | None = None
+             ) -> tuple[Setup, dict[str, Any]]:
     """Rebuild data, model and objective from a checkpoint's own config and load its weights.
 
     The data is checked against the fingerprint stored in the checkpoint, so that a run is
@@ -91,11 +32,16 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None,
     Args:
         path: a run folder or a checkpoint file.
         which: ``"best"`` or ``"last"`` for a run folder.
-        device: overrides the run's ``train.device``.
+        device: where to load it (``--device``); by default the run's ``train.device``,
+            or the best device here when this machine lacks it
+            (:func:`auxilia.engine.device.run_device`). The weights are read onto the CPU
+            and copied to it, so a run trained on any GPU loads anywhere.
         data_root: the data's new ``data.root`` when it moved since training; accepted only
             when the data there has the run's fingerprint.
+        notes: receives what was decided for the user (the device fallback's note).
 
     Raises:
+        ConfigError: ``device`` is not a device of this machine.
         CheckpointError: no such checkpoint, or an unreadable one.
         DataError: the data is missing (the message suggests ``--data-root``).
         DataChangedError: the data differs from the run's.
@@ -103,8 +49,10 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None,
     ckpt_path = resolve_checkpoint(path, which)
     checkpoint = load_checkpoint(ckpt_path)
     raw = checkpoint["config"]
-    if device is not None:
-        raw["train"]["device"] = device
+    chosen, note = run_device(device, raw["train"]["device"])
+    raw["train"]["device"] = str(chosen)
+    if note is not None and notes is not None:
+        notes.append(note)
     if data_root is not None:
         raw["data"]["root"] = str(data_root)
     unread = _unlabeled_count(checkpoint) if raw["data"].get("unlabeled") else None
@@ -158,11 +106,6 @@ def labeled_only(fingerprint: Any) -> Any:
         return fingerprint
     splits = {k: v for k, v in fingerprint["splits"].items() if k != "unlabeled"}
     return {**fingerprint, "splits": splits}
-
-
-def run_folder_of_checkpoint(path: Path) -> Path | None:
-    """The run folder of ``RUN/checkpoints/<name>.pt``, or None for a loose checkpoint file."""
-    return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
 def evaluate_run(path: str | Path, which: str = "best", splits: tuple[str, ...] = ("val", "test")

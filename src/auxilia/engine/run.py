@@ -8,6 +8,7 @@ resumption, and the summary.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,16 +19,19 @@ from torch import nn
 
 from auxilia.config import Config, check_run_name
 from auxilia.data.types import DatasetSplits
+from auxilia.engine import distributed
 from auxilia.engine import state as run_state
 from auxilia.engine.anytime import model_flops, sample_images
 from auxilia.engine.auto import resolve_for
 from auxilia.engine.checkpoint import CheckpointError, load_checkpoint
 from auxilia.engine.context import RunContext, build_run
 from auxilia.engine.datacheck import check_same_data, write_data_identity
+from auxilia.engine.distributed import Ready, barrier, check_distributable, wait_for_rank0
 from auxilia.engine.header import Header, run_header
 from auxilia.engine.loop import Callback, run_loop
 from auxilia.engine.owned import check_not_in_busy_folder
 from auxilia.engine.runidentity import check_same_run, checkpoint_run_id
+from auxilia.engine.runio import RunIO
 from auxilia.engine.runlog import MetricsLog, RunFolder
 from auxilia.engine.selection import best_on_val, per_model_records
 from auxilia.engine.setup import Setup, build_setup, pick_device
@@ -43,9 +47,10 @@ from auxilia.engine.teacher_runs import (
     check_not_own_teacher,
     record_student,
 )
+from auxilia.ranks import Ranks
 from auxilia.recipes import deploy_reason
 from auxilia.report import plot_curves, summarize
-from auxilia.seeding import deterministic_mode
+from auxilia.seeding import determinism_summary, deterministic_mode
 
 __all__ = ["RunResult", "train"]
 
@@ -103,6 +108,26 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
         OSError: a log or checkpoint write failed (e.g. a full disk); the message names the
             file, and the previous checkpoint is intact.
     """
+    device = pick_device(config.train.device)
+    with distributed.session(device) as ranks:
+        if ranks.several:
+            check_distributable(config, device)
+        if not ranks.main:
+            return _follow(config, ranks, resume=resume, callbacks=callbacks, data=data,
+                           teacher=teacher)
+        ready = Ready(ranks)
+        try:
+            return _train(config, ready, resume=resume, overwrite=overwrite,
+                          callbacks=callbacks, data=data, teacher=teacher, header=header)
+        except BaseException as err:
+            ready.fail(f"{type(err).__name__}: {err}")
+            raise
+
+
+def _train(config: Config, ready: Ready, *, resume: bool, overwrite: bool,
+           callbacks: Sequence[Callback], data: DatasetSplits | None,
+           teacher: nn.Module | None, header: Header | None) -> RunResult:
+    """:func:`train` in the process that writes the run (the only one, or rank 0)."""
     config, choice = resolve_for(config, data, pick_device(config.train.device))
     folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
     check_not_own_teacher(config.teacher, folder.path)  # before anything is written
@@ -118,7 +143,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
                 folder.check(resume=True, overwrite=False)  # names the missing folder
             with folder.lock():  # a run still writing its first checkpoint is named as such
                 folder.check(resume=True, overwrite=False)
-                return _resume(config, folder, data, callbacks, stop, teacher, header)
+                return _resume(config, folder, data, callbacks, stop, teacher, header, ready)
         setup = build_setup(config, data, teacher=teacher)  # fails before any folder is touched
         if choice:
             setup.data.notes.insert(0, choice)
@@ -132,7 +157,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
             try:
                 folder.write_config(config.to_dict())
                 write_data_identity(folder.data, setup.data)
-                return _train_from(run, folder, callbacks, stop, header, resumed=False)
+                return _train_from(run, folder, callbacks, stop, header, ready, resumed=False)
             except BaseException:
                 if folder.restore_replaced():
                     print(f"the new run stopped before its first checkpoint; the previous run "
@@ -142,7 +167,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False,
 
 def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
             callbacks: Sequence[Callback], stop: StopFlag, teacher: nn.Module | None,
-            header: Header | None) -> RunResult:
+            header: Header | None, ready: Ready) -> RunResult:
     """Continue ``folder``'s ``last.pt`` (the caller holds the folder's lock)."""
     folder.remove_stale_temporaries()  # left by a crash during an atomic write
     checkpoint = load_checkpoint(folder.last)
@@ -158,18 +183,20 @@ def _resume(config: Config, folder: RunFolder, data: DatasetSplits | None,
     note = check_same_data(checkpoint, setup.data, folder.path)
     setup.data.notes.extend(n for n in (note, run_note) if n)
     run = build_run(setup)
-    run.folder = folder
+    run.io.folder = folder
     run_state.restore(checkpoint, run)
     if folder.run_id() is None:  # a run folder made before the marker, or its id, existed
         folder.write_marker(checkpoint_run_id(checkpoint))  # before best.pt may be rewritten
     _repair_best(run)
-    return _train_from(run, folder, callbacks, stop, header, resumed=True)
+    return _train_from(run, folder, callbacks, stop, header, ready, resumed=True)
 
 
 def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback],
-                stop: StopFlag, header: Header | None, *, resumed: bool) -> RunResult:
+                stop: StopFlag, header: Header | None, ready: Ready, *, resumed: bool
+                ) -> RunResult:
     setup, config, loop = run.setup, run.config, run.loop
-    run.folder = folder
+    run.io.folder = folder
+    ready.go(config.data.batch_size, setup.data.notes)  # the other ranks build and train too
     record_student(config.teacher, folder.path)  # so that the teacher is not overwritten
     teacher = teacher_report(run)
     lines = run_header(run, setup.data.notes,
@@ -182,13 +209,33 @@ def _train_from(run: RunContext, folder: RunFolder, callbacks: Sequence[Callback
     else:  # quiet runs still say what was done to the data
         for note in setup.data.notes:
             print(f"note: {folder.path}: {note}", file=sys.stderr, flush=True)
-    run.log = MetricsLog(folder, tensorboard=config.run.tensorboard,
-                         resume_step=loop.step if resumed else None)
+    run.io.log = MetricsLog(folder, tensorboard=config.run.tensorboard,
+                            resume_step=loop.step if resumed else None)
     try:
         run_loop(run, callbacks, stop)
     finally:
-        run.log.close()
-    return _finish(run, finish_report(run, teacher))
+        run.io.log.close()
+    result = _finish(run, finish_report(run, teacher))
+    barrier(ready.ranks)  # the summary is written: the other ranks may read it
+    return result
+
+
+def _follow(config: Config, ranks: Ranks, *, resume: bool, callbacks: Sequence[Callback],
+            data: DatasetSplits | None, teacher: nn.Module | None) -> RunResult:
+    """:func:`train` on a rank but 0: the same run, built alike, trained on its share of
+    every batch; it writes nothing and returns the summary rank 0 wrote."""
+    config, _ = resolve_for(config, data, pick_device(config.train.device))
+    folder = RunFolder(Path(config.run.dir) / check_run_name(config.run_name()))
+    with deterministic_mode(config.train.deterministic), StopFlag() as stop:
+        wait_for_rank0(ranks)  # rank 0 has checked, locked and written the folder
+        run = build_run(build_setup(config, data, teacher=teacher))
+        run.io = RunIO(folder, writes=False)
+        if resume:
+            run_state.restore(load_checkpoint(folder.last), run)
+        run_loop(run, callbacks, stop)
+        barrier(ranks)  # rank 0 has written the summary
+    summary = json.loads(folder.summary.read_text())
+    return RunResult(folder.path, summary, run.models[run.objective.deployed])
 
 
 def _repair_best(run: RunContext) -> None:
@@ -197,7 +244,8 @@ def _repair_best(run: RunContext) -> None:
     ``last.pt`` is written first; if it selected its own step as the best, ``best.pt`` must
     hold that step too, and the restored state is exactly what it should hold.
     """
-    loop, folder = run.loop, run.folder
+    loop, folder = run.loop, run.io.folder
+    assert folder is not None
     if loop.best is None or loop.best["step"] != loop.step:
         return
     try:
@@ -209,7 +257,8 @@ def _repair_best(run: RunContext) -> None:
 
 
 def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
-    setup, cfg, loop, folder = run.setup, run.config, run.loop, run.folder
+    setup, cfg, loop, folder = run.setup, run.config, run.loop, run.io.folder
+    assert folder is not None
     summary = summarize(loop.evals, loop.best, cfg.train.keep_last_evals)
     summary.update(_models_summary(run))
     seconds = max(loop.train_seconds, 1e-9)
@@ -231,7 +280,7 @@ def _finish(run: RunContext, slots: dict[str, Any]) -> RunResult:
         "splits": {name: {"count": len(split), "origin": setup.data.origins.get(name, "")}
                    for name in ("train", "val", "test", "unlabeled")
                    if (split := getattr(setup.data, name)) is not None},
-        "notes": setup.data.notes, **slots,
+        "notes": setup.data.notes, "determinism": determinism_summary(), **slots,
     })
     run_state.write_json(folder.summary, summary)
     if cfg.run.plot:

@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
+from auxilia.atomic_files import TEMPORARY_GLOB, atomic_write
 from auxilia.config import check_run_name
-from auxilia.engine.checkpoint import TEMPORARY_GLOB, atomic_write
 
 __all__ = ["MARKER", "RunFolder", "RunFolderError", "RunLock", "RunLockedError",
            "check_run_name", "foreign_entries", "is_run_folder"]

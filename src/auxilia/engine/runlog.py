@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from auxilia import jsonio
-from auxilia.engine.checkpoint import atomic_write
+from auxilia.atomic_files import atomic_write
 from auxilia.engine.runfolder import RunFolder, RunFolderError
 
 __all__ = ["MetricsLog", "ProgressBar", "RunFolder", "RunFolderError", "TrainMeter"]

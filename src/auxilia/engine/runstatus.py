@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from auxilia.config import Config
 from auxilia.config import read_yaml as _read_yaml
+from auxilia.data.streams import IndexStream
 from auxilia.engine import state as run_state
 from auxilia.engine.auto import resolve
 from auxilia.engine.runfolder import RunFolder
@@ -33,8 +34,8 @@ def _finished(config: Config, folder: RunFolder) -> bool:
     summary = read_summary(folder)
     try:
         n_train = summary["splits"]["train"]["count"]
-        # the loop's step count: train.steps, or epochs of full batches (drop_last)
-        per_epoch = n_train // min(config.data.batch_size, n_train)
+        # the loop's step count: train.steps, or epochs of its labeled stream
+        per_epoch = IndexStream(n_train, config.data.batch_size, config.seed).batches_per_epoch
         # (a train.time run's: the count it derived, recorded in its summary)
         total = config.train.total_steps(per_epoch, (summary.get("time_budget") or {}).get(
             "steps"))

@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from auxilia.data.types import Split
 from auxilia.engine import state as run_state
-from auxilia.engine.evaluate import evaluate, pseudo_label_quality
 from auxilia.engine.setup import step_views
-from auxilia.engine.step import NonFiniteLossError
+from auxilia.engine.stepper import NonFiniteLossError
 from auxilia.parts import STUDENT
 
 if TYPE_CHECKING:
@@ -31,7 +29,8 @@ def evaluate_and_save(run: RunContext, *, test_now: bool = True) -> None:
     evaluation selects a new best (so the selected checkpoint's test numbers are exact), and
     always without a val split (then the latest evaluation is the selected one).
     """
-    loop, folder = run.loop, run.folder
+    loop, io = run.loop, run.io
+    assert io.folder is not None, "a run evaluates once it has its folder"
     check_finite_weights(run)
     record: dict[str, Any] = {"step": loop.step, "epoch": loop.step / run.steps_per_epoch}
     models = evaluated_models(run)
@@ -45,16 +44,17 @@ def evaluate_and_save(run: RunContext, *, test_now: bool = True) -> None:
         record.update(unlabeled_quality(run, model, prefix))
     run.set_modes()  # evaluation put the models in eval mode
     loop.evals.append(record)
-    run.log.write(record)
+    io.log.write(record)
     if improved:
         loop.best = {"step": loop.step,
                      "val": {k[4:]: v for k, v in record.items() if k.startswith("val/")},
                      "test": {k[5:]: v for k, v in record.items() if k.startswith("test/")}}
-    run_state.save(folder.last, run)
-    folder.drop_replaced()  # the new run has a checkpoint: the run it replaced can go
+    run_state.save(io.folder.last, run)
+    if io.writes:
+        io.folder.drop_replaced()  # the new run has a checkpoint: the run it replaced can go
     if improved:
-        run_state.save(folder.best, run)
-    run.bar.message(eval_line(record))
+        run_state.save(io.folder.best, run)
+    io.bar.message(eval_line(record))
 
 
 def check_finite_weights(run: RunContext) -> None:
@@ -63,8 +63,8 @@ def check_finite_weights(run: RunContext) -> None:
            for slot, model in run.models.items() for n, t in model.state_dict().items()
            if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        folder = run.folder
-        last = folder.last if folder.last.is_file() else "none yet"
+        folder = run.io.folder
+        last = folder.last if folder is not None and folder.last.is_file() else "none yet"
         raise NonFiniteLossError(
             f"weights became non-finite by step {run.loop.step} ({', '.join(bad[:3])}...); "
             f"stopped without writing a checkpoint. Last good checkpoint: {last}. "
@@ -92,19 +92,9 @@ def evaluate_split(run: RunContext, name: str, model: nn.Module | None = None,
     split = getattr(setup.data, name)
     if not len(split):
         return {}
-    with run.bar.evaluating(f"{prefix}{name}", len(split)):
-        metrics = evaluate_on(run, split, setup.model if model is None else model)
+    with run.io.bar.evaluating(f"{prefix}{name}", len(split)):
+        metrics = setup.evaluator.metrics(setup.model if model is None else model, split)
     return {f"{prefix}{name}/{k}": v for k, v in metrics.items()}
-
-
-def evaluate_on(run: RunContext, split: Split, model: nn.Module) -> dict[str, float]:
-    """``model``'s metrics on ``split`` with the run's evaluation settings (view, batch size,
-    device, precision): what every evaluation of the run, and its timing, runs."""
-    setup = run.setup
-    cfg = setup.config
-    return evaluate(model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
-                    device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                    channels_last=cfg.model.channels_last)
 
 
 def unlabeled_quality(run: RunContext, model: nn.Module, prefix: str = "") -> dict[str, float]:
@@ -114,11 +104,7 @@ def unlabeled_quality(run: RunContext, model: nn.Module, prefix: str = "") -> di
     monitor = setup.unlabeled_monitor
     if monitor is None:
         return {}
-    cfg = setup.config
-    metrics = pseudo_label_quality(model, monitor, setup.eval_view, run.objective.threshold,
-                                   batch_size=cfg.data.eval_batch_size, device=setup.device,
-                                   amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                                   channels_last=cfg.model.channels_last)
+    metrics = setup.evaluator.pseudo_labels(model, monitor, run.objective.threshold)
     return {f"{prefix}unlabeled/{k}": v for k, v in metrics.items()}
 
 

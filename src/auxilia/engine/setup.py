@@ -15,14 +15,17 @@ from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.views import build_view
 from auxilia.engine.auto import resolve_for
-from auxilia.engine.batch import view_stream
 from auxilia.engine.device import pick_device
-from auxilia.engine.memory import check_step_memory
+from auxilia.engine.distributed import local_device
+from auxilia.engine.evaluate import Evaluator
+from auxilia.engine.memory import check_step_memory, model_batches
 from auxilia.engine.teacher import build_teacher
 from auxilia.models.backbone import Backbone
 from auxilia.models.multi_exit import MultiExitModel
 from auxilia.models.registry import create_backbone
 from auxilia.models.weights import load_run_classifier
+from auxilia.parts import view_stream
+from auxilia.ranks import current
 from auxilia.recipes import RecipeContext, build_objective
 from auxilia.seeding import derive_seed, seeded
 from auxilia.terms import Objective
@@ -46,6 +49,13 @@ class Setup:
     @property
     def amp_dtype(self) -> torch.dtype:
         return getattr(torch, self.config.train.amp_dtype)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The run's evaluation settings (view, batch size, device, precision), bound once."""
+        cfg = self.config
+        return Evaluator(self.eval_view, cfg.data.eval_batch_size, self.device,
+                         cfg.train.amp, self.amp_dtype, cfg.model.channels_last)
 
 
 def seed_everything(seed: int, purpose: str = "build") -> None:
@@ -79,7 +89,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
         ConfigError: an unknown device, or a step that would not fit in memory
             (:func:`auxilia.engine.memory.check_step_memory`).
     """
-    device = pick_device(config.train.device)
+    device = local_device(pick_device(config.train.device), current())  # a rank's own GPU
     config, _ = resolve_for(config, data, device)  # ``auto`` left (``train`` resolves first)
     if data is None:
         data = load_dataset(config.data, seed=config.seed)
@@ -112,7 +122,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     # refused here, not by the kernel's OOM killer half-way into training.
     check_step_memory(config, model, data.image_shape,
                       step_views(objective, config.data.batch_size) or len(views), device,
-                      training=training)
+                      training=training, objective=objective)
     model.to(device)
     objective.to(device)
     if mcfg.channels_last:
@@ -125,16 +135,8 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
 def step_views(objective: Objective, batch_size: int) -> int:
     """Batches of ``data.batch_size`` images one step forwards (an unlabeled view at μ = 7
     counts 7; views a step strategy makes, such as MixMatch's mixed batch, count 1)."""
-    total = 0.0
-    for views in objective.inputs().values():
-        for key in views:
-            try:
-                spec = objective.streams[view_stream(key, objective.streams)]
-            except ValueError:
-                total += 1
-                continue
-            total += spec.size(batch_size) / batch_size
-    return math.ceil(total)
+    return math.ceil(sum(model_batches(objective, model, batch_size)
+                         for model in objective.inputs()))
 
 
 MONITOR_SAMPLES = 2000

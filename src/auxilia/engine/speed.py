@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import torch
 
+from auxilia.atomic_files import atomic_write
 from auxilia.engine import state as run_state
-from auxilia.engine.checkpoint import atomic_write
 from auxilia.engine.context import RunContext
-from auxilia.engine.selection import evaluate_on, evaluated_models, evaluation_images
+from auxilia.engine.selection import evaluated_models, evaluation_images
 from auxilia.engine.timebudget import TimeBudget
 
 __all__ = ["MAX_MEASURED_STEPS", "fit_to_time"]
@@ -81,7 +81,9 @@ def _snapshot(run: RunContext) -> tuple[bytes, float]:
     buffer = io.BytesIO()
     torch.save(run_state.checkpoint_state(run), buffer)
     data = buffer.getvalue()
-    scratch = run.folder.last.parent / ".speed.tmp"  # a temporary: a crash's is cleaned up
+    folder = run.io.folder
+    assert folder is not None, "a train.time run is timed in its folder"
+    scratch = folder.last.parent / ".speed.tmp"  # a temporary: a crash's is cleaned up
     try:
         atomic_write(scratch, lambda f: f.write(data))
     finally:
@@ -115,7 +117,7 @@ def _evaluation_seconds(run: RunContext, test_every_time: bool) -> float:
     sample = split.take(torch.arange(n))
     t0 = time.perf_counter()
     for model in models.values():
-        evaluate_on(run, sample, model)
+        run.setup.evaluator.metrics(model, sample)
     _sync(run.setup.device)
     per_image = (time.perf_counter() - t0) / n  # all evaluated models, one image
     # test where it is evaluated: every time, or (train.test_eval selected) where val selects

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auxilia import jsonio
-from auxilia.engine.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
+from auxilia.atomic_files import atomic_write
+from auxilia.engine.checkpoint import save_checkpoint
 from auxilia.parts import STUDENT
 from auxilia.run_names import RESULT_NEUTRAL_KEYS
+from auxilia.seeding import rng_state, set_rng_state
 from auxilia.teachers import teacher_record
 
 if TYPE_CHECKING:
@@ -29,8 +31,11 @@ class IncompatibleResumeError(ValueError):
 
 
 def save(path: Path, run: RunContext) -> None:
-    """Atomically write :func:`checkpoint_state` to ``path``."""
-    save_checkpoint(checkpoint_state(run), path)
+    """Atomically write :func:`checkpoint_state` to ``path`` where the run writes its files
+    (:attr:`RunIO.writes <auxilia.engine.runio.RunIO.writes>`: not on a distributed run's
+    ranks but 0, which hold the same state)."""
+    if run.io.writes:
+        save_checkpoint(checkpoint_state(run), path)
 
 
 def checkpoint_state(run: RunContext) -> dict[str, Any]:
@@ -58,7 +63,7 @@ def checkpoint_state(run: RunContext) -> dict[str, Any]:
         "slots": slots,
         "objective": run.objective.state_dict(),
         "optimizers": {name: opt.torch.state_dict() for name, opt in run.optimizers.items()},
-        "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
+        "streams": run.batches.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
         "rng": rng_state(),
         "loop": {"step": loop.step, "evals": loop.evals, "best": loop.best,
@@ -68,7 +73,7 @@ def checkpoint_state(run: RunContext) -> dict[str, Any]:
                  "time_budget": loop.time_budget},
         "config": run.config.to_dict(),
         "data": run.setup.data.identity,
-        "run": run.folder.identity() if run.folder is not None else {},  # checked on resume
+        "run": run.io.folder.identity() if run.io.folder is not None else {},  # on resume
         "teacher": teacher_record(run.slots),
     }
 
@@ -88,8 +93,7 @@ def restore(checkpoint: dict[str, Any], run: RunContext) -> None:
     run.objective.load_state_dict(checkpoint["objective"])
     for name, state in _named(checkpoint, "optimizers", "optimizer", run.optimizers).items():
         run.optimizers[name].torch.load_state_dict(state)
-    for name, state in _named(checkpoint, "streams", "stream", run.streams).items():
-        run.streams[name].load_state_dict(state)
+    run.batches.load_state_dict(_named(checkpoint, "streams", "stream", run.streams))
     if checkpoint.get("scaler") and run.scaler.is_enabled():
         run.scaler.load_state_dict(checkpoint["scaler"])
     counters, loop = checkpoint["loop"], run.loop

@@ -20,13 +20,15 @@ from auxilia.data.identity import listing
 from auxilia.data.raw import DataError
 from auxilia.data.sources import val_at_size
 from auxilia.data.types import DatasetSplits, Split
+from auxilia.engine.checkpoint import run_folder_of_checkpoint
 from auxilia.engine.datacheck import read_data_listing
 from auxilia.engine.evaluate import evaluate
 from auxilia.engine.teacher_classes import class_index, class_note, shown_names
+from auxilia.engine.teacher_runs import load_teacher_checkpoint
 from auxilia.models.multi_exit import MultiExitModel
-from auxilia.models.registry import create_backbone
-from auxilia.models.weights import load_model_weights
+from auxilia.models.registry import create_backbone, load_model_weights
 from auxilia.parts import Slot
+from auxilia.recipes import RecipeContext, build_objective
 from auxilia.teachers import (
     TEACHER,
     ClassOrder,
@@ -87,9 +89,6 @@ def build_teacher(cfg: TeacherConfig | None, data: DatasetSplits, device: torch.
 
 def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> LoadedTeacher:
     """An auxilia run's model, with the training heads its own methods attach."""
-    from auxilia.engine.reload import run_folder_of_checkpoint  # a cycle
-    from auxilia.engine.teacher_runs import load_teacher_checkpoint
-
     path, checkpoint = load_teacher_checkpoint(cfg)
     tconf = parse_config(checkpoint["config"])
     ident: dict[str, Any] = checkpoint.get("data") or {}
@@ -121,8 +120,6 @@ def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> 
 def _run_heads(tconf: Any, backbone: Any, classes: int, ident: dict[str, Any]) -> list[Any]:
     """The heads the teacher run's methods attached (a CDS teacher's projections), or none
     when its methods cannot be rebuilt alone (a run that was itself distilled)."""
-    from auxilia.recipes import RecipeContext, build_objective
-
     train_count = (ident.get("splits") or {}).get("train", {}).get("count", 1)
     ctx = RecipeContext(stages=backbone.stage_names, stage_channels=dict(backbone.stage_channels),
                         stage_strides=dict(backbone.stage_strides), num_classes=classes,

@@ -25,15 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from auxilia import jsonio
+from auxilia.atomic_files import atomic_write
 from auxilia.config import ConfigError, load_config
 from auxilia.engine.checkpoint import (
     CheckpointError,
-    atomic_write,
+    for_example,
     is_torchscript,
     load_checkpoint,
-)
-from auxilia.engine.reload import (
-    for_example,
     resolve_checkpoint,
     run_folder_of_checkpoint,
     runs_folder,

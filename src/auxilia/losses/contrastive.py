@@ -32,34 +32,65 @@ def supcon(features: torch.Tensor, labels: torch.Tensor | None = None,
     Returns:
         Scalar loss.
     """
+    total, count = supcon_sum(features, labels, temperature, base_temperature)
+    return total / count.clamp(min=1)
+
+
+def supcon_sum(features: torch.Tensor, labels: torch.Tensor | None = None,
+               temperature: float = 0.07, base_temperature: float = 0.07,
+               anchors: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`supcon`'s numerator and denominator: ``(Σ ℓ_i, count)`` over the anchors that
+    have a positive, the anchors being the samples ``anchors`` (all by default) in every view,
+    contrasted against all N rows.
+
+    Several processes each holding a share of the batch compute their anchors' sum against
+    the gathered rows; the sums and counts of all shares add up to the whole batch's, so
+    ``Σ sums / Σ counts`` is :func:`supcon` of the whole batch.
+
+    Returns:
+        ``(sum, count)``: a scalar attached to the graph, and a scalar count.
+    """
     if features.ndim != 3:
         raise ValueError(f"features must be [B, V, D], got shape {tuple(features.shape)}")
     batch, views, _ = features.shape
     if labels is not None and labels.shape != (batch,):
         raise ValueError(f"labels must be [{batch}], got shape {tuple(labels.shape)}")
     if batch * views < 2:
-        return features.sum() * 0
+        return features.sum() * 0, torch.zeros((), device=features.device)
     ids = labels if labels is not None else torch.arange(batch, device=features.device)
-    log_prob = _log_prob(features, temperature)
-    positives = _positive_mask(ids.to(features.device), views)
+    rows = None if anchors is None else _anchor_rows(anchors, batch, views, features.device)
+    log_prob, self_pair = _log_prob(features, temperature, rows)
+    positives = _positive_mask(ids.to(features.device), views, rows) & ~self_pair
     n_pos = positives.sum(dim=1)
     pos_log_prob = torch.where(positives, log_prob, 0).sum(dim=1)
     anchor_loss = -(temperature / base_temperature) * pos_log_prob / n_pos.clamp(min=1)
     has_pos = n_pos > 0
-    return torch.where(has_pos, anchor_loss, 0).sum() / has_pos.sum().clamp(min=1)
+    return torch.where(has_pos, anchor_loss, 0).sum(), has_pos.sum().to(anchor_loss.dtype)
 
 
-def _log_prob(features: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``[N, N]`` log-softmax of z·zᵀ/τ over each row without its diagonal, rows view-major."""
+def _anchor_rows(anchors: slice, batch: int, views: int, device: torch.device) -> torch.Tensor:
+    """The view-major row numbers of samples ``anchors`` in every view ``[V·b]``."""
+    samples = torch.arange(batch, device=device)[anchors]
+    return (torch.arange(views, device=device)[:, None] * batch + samples[None, :]).reshape(-1)
+
+
+def _log_prob(features: torch.Tensor, temperature: float, rows: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[R, N]`` log-softmax of z·zᵀ/τ over each anchor row (R = N, or ``rows``) without its
+    own column, rows view-major; and the ``[R, N]`` mask of those own columns."""
     z = features.transpose(0, 1).reshape(-1, features.shape[-1])
-    logits = _matmul_t(z, z)[2] / temperature
+    anchor = z if rows is None else z[rows]
+    logits = _matmul_t(anchor, z)[2] / temperature
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    self_pair = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    return logits - logits.masked_fill(self_pair, float("-inf")).logsumexp(dim=1, keepdim=True)
+    own = torch.arange(z.shape[0], device=z.device) if rows is None else rows
+    self_pair = own[:, None] == torch.arange(z.shape[0], device=z.device)[None, :]
+    masked = logits.masked_fill(self_pair, float("-inf"))
+    return logits - masked.logsumexp(dim=1, keepdim=True), self_pair
 
 
-def _positive_mask(ids: torch.Tensor, views: int) -> torch.Tensor:
-    """``[N, N]`` bool: rows i ≠ j that share an id, rows ordered view-major like ``_log_prob``."""
+def _positive_mask(ids: torch.Tensor, views: int, rows: torch.Tensor | None) -> torch.Tensor:
+    """``[R, N]`` bool: rows that share an id with each anchor row (itself included), rows
+    ordered view-major like ``_log_prob``."""
     ids = ids.repeat(views)
-    same = ids[:, None] == ids[None, :]
-    return same & ~torch.eye(ids.shape[0], dtype=torch.bool, device=ids.device)
+    anchor = ids if rows is None else ids[rows]
+    return anchor[:, None] == ids[None, :]

@@ -3,6 +3,10 @@
 Each zoo module defines a ``MODELS`` dict of its factories; this module merges them. A factory
 takes keyword arguments ``in_chans`` and ``image_size`` (ignored by fully convolutional models)
 plus model-specific options, and returns a :class:`~auxilia.models.backbone.Backbone`.
+
+Weights are loaded into built models here too (:func:`load_backbone_weights`,
+:func:`load_model_weights`): loading depends on the model's family, so it sits above
+:mod:`auxilia.models.weights` (which reads files) and the dependency goes one way.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from torch import nn
+
 from auxilia.models.backbone import Backbone
-from auxilia.models.weights import read_state_dict
+from auxilia.models.weights import load_run_classifier, read_state_dict
 from auxilia.models.zoo import (
     cifar_resnet,
     convnet13,
@@ -102,6 +108,25 @@ def load_backbone_weights(model: Backbone, path: str | Path) -> None:
         load_timm_weights(model.model, path)  # type: ignore[arg-type]
     else:
         load_zoo_weights(model, path)
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a weights file into a built multi-exit model: its backbone, and its classifier.
+
+    The backbone is loaded as ``model.weights`` loads it (:func:`load_backbone_weights`);
+    the main classifier of an auxilia checkpoint is loaded when it fits
+    (:func:`~auxilia.models.weights.load_run_classifier`). Training-only heads are never loaded.
+
+    Args:
+        model: a :class:`~auxilia.models.multi_exit.MultiExitModel` (or any module with
+            ``backbone`` and ``classifier``).
+        path: a run's checkpoint, or a backbone state_dict file.
+
+    Raises:
+        ValueError: the backbone's weights do not fit (naming the file).
+    """
+    load_backbone_weights(model.backbone, path)  # type: ignore[arg-type]
+    load_run_classifier(model.classifier, path)  # type: ignore[arg-type]
 
 
 def create_backbone(

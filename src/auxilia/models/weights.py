@@ -153,25 +153,3 @@ def describe_load_error(err: Exception) -> str:
         return (f"{type(err).__name__}: refused by the weights-only unpickler: "
                 f"{detail or 'the file pickles objects other than tensors and containers'}")
     return f"{type(err).__name__}: {detail or (lines[0] if lines else 'unreadable')}"
-
-
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a weights file into a built multi-exit model: its backbone, and its classifier.
-
-    The backbone is loaded as ``model.weights`` loads it (strictly into zoo models,
-    non-strictly into timm models); the main classifier of an auxilia checkpoint is loaded when
-    it fits (:func:`load_run_classifier`). Training-only heads are never loaded.
-
-    Args:
-        model: a :class:`~auxilia.models.multi_exit.MultiExitModel` (or any module with
-            ``backbone`` and ``classifier``).
-        path: a run's checkpoint, or a backbone state_dict file.
-
-    Raises:
-        ValueError: the backbone's weights do not fit (naming the file).
-    """
-    # registry imports this module at its top: imported here, when a model is loaded
-    from auxilia.models.registry import load_backbone_weights
-
-    load_backbone_weights(model.backbone, path)  # type: ignore[arg-type]
-    load_run_classifier(model.classifier, path)  # type: ignore[arg-type]

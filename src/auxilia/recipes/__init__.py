@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import reduce
+from typing import Any
 
 from auxilia.parts import STUDENT
 from auxilia.recipes import (
@@ -17,7 +18,7 @@ from auxilia.recipes import (
 from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams
 from auxilia.terms import Objective
 
-RECIPES: dict[str, Recipe] = {**supervision.RECIPES, **contrastive.RECIPES,
+RECIPES: dict[str, Recipe[Any]] = {**supervision.RECIPES, **contrastive.RECIPES,
                                **self_distillation.RECIPES, **distillation.RECIPES,
                                **dense.RECIPES, **semi.RECIPES}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from auxilia.strict import Strict
 from auxilia.teachers import LoadedTeacher
@@ -48,17 +48,25 @@ def require_teacher(method: str, ctx: RecipeContext) -> LoadedTeacher:
     return ctx.teacher
 
 
+P = TypeVar("P", bound=RecipeParams)
+"""A recipe's own parameter model (a :class:`RecipeParams` subclass)."""
+
+
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(Generic[P]):
     """A registered method: its parameter model, its builder and a one-line summary.
+
+    Generic over the parameter model, so that a builder taking its own parameters
+    (``kd(params: KDParams, ctx)``) registers as ``Recipe(KDParams, kd, ...)`` with the two
+    checked against each other; a registry of several methods holds ``Recipe[Any]``.
 
     ``defaults``: the method's own settings of other sections (dotted keys such as
     ``optim.lr``), applied where the user did not set the key
     (:mod:`auxilia.method_defaults`); ``defaults_source`` says where they come from.
     """
 
-    params: type[RecipeParams]
-    build: Callable[[RecipeParams, RecipeContext], Objective]
+    params: type[P]
+    build: Callable[[P, RecipeContext], Objective]
     summary: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     defaults_source: str = ""

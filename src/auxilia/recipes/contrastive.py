@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -121,9 +121,9 @@ def metric(params: MetricParams, ctx: RecipeContext) -> Objective:
     return Objective([probe, term], heads, {"x_lb": "weak", "x_lb2": "color"})
 
 
-RECIPES = {
-    "cds": Recipe(CDSParams, cds,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "cds": Recipe(CDSParams, cds,
                   "contrastive deep supervision: SupCon/SimCLR on projection heads at exits"),
-    "metric": Recipe(MetricParams, metric,  # type: ignore[arg-type]
+    "metric": Recipe(MetricParams, metric,
                      "metric learning (SupCon, SimCLR or triplet) with an online linear probe"),
 }

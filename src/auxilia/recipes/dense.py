@@ -5,7 +5,7 @@ cos, sin and width maps into a ResNet-18 student this way, with an auxiliary hea
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -72,7 +72,7 @@ def dense(params: DenseParams, ctx: RecipeContext) -> Objective:
     return Objective(terms, heads, {"x_lb": "none"}, slots=slots)
 
 
-RECIPES = {
-    "dense": Recipe(DenseParams, dense,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "dense": Recipe(DenseParams, dense,
                     "dense regression maps: task MSE, auxiliary head, teacher maps as targets"),
 }

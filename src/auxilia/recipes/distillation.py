@@ -9,7 +9,7 @@ peer's accuracy at the end is reported in the run's summary.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -215,15 +215,15 @@ def dogo(params: DoGoParams, ctx: RecipeContext) -> Objective:
                      slots={PEER: PeerSlot(architecture=params.peer_model)})
 
 
-RECIPES = {
-    "kd": Recipe(KDParams, kd,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "kd": Recipe(KDParams, kd,
                  "Hinton KD from a teacher: CE + T²·KL at any exit pair"),
-    "hints": Recipe(HintsParams, hints,  # type: ignore[arg-type]
+    "hints": Recipe(HintsParams, hints,
                     "FitNet hints: a regressor maps a student stage onto the teacher's"),
-    "cds_kd": Recipe(CDSKDParams, cds_kd,  # type: ignore[arg-type]
+    "cds_kd": Recipe(CDSKDParams, cds_kd,
                      "CDS distillation: CDS + soft CE (T=3) + projection distances to a teacher"),
-    "dml": Recipe(DMLParams, dml,  # type: ignore[arg-type]
+    "dml": Recipe(DMLParams, dml,
                   "deep mutual learning: student and peer, CE + KL to each other"),
-    "dogo": Recipe(DoGoParams, dogo,  # type: ignore[arg-type]
+    "dogo": Recipe(DoGoParams, dogo,
                    "distill on the go: peers' contrastive projections match similarities"),
 }

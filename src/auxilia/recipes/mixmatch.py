@@ -63,8 +63,8 @@ class MixMatchStep:
         with tools.autocast():
             outputs = tools.forward(tools.objective.inputs(), full)
             losses = tools.objective(outputs, full, progress)
-        committed = tools.backward_step(losses["loss"], losses=losses)
-        return StepResult(losses, outputs, committed)
+        tools.backward_step(losses["loss"], losses=losses)
+        return StepResult(losses, outputs)
 
     def guess(self, tools: StepTools, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sharpened mean prediction of the student over the K weak unlabeled views

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -105,11 +105,11 @@ def ps_kd(params: PSKDParams, ctx: RecipeContext) -> Objective:
     return Objective([term], views={"x_lb": "weak"})
 
 
-RECIPES = {
-    "byot": Recipe(BYOTParams, byot,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "byot": Recipe(BYOTParams, byot,
                    "be your own teacher: bottleneck classifiers taught by the deepest exit"),
-    "ddgsd": Recipe(DDGSDParams, ddgsd,  # type: ignore[arg-type]
+    "ddgsd": Recipe(DDGSDParams, ddgsd,
                     "two distortions teach each other: CE, symmetric KL, feature discrepancy"),
-    "ps_kd": Recipe(PSKDParams, ps_kd,  # type: ignore[arg-type]
+    "ps_kd": Recipe(PSKDParams, ps_kd,
                     "progressive self-distillation from each sample's last prediction"),
 }

@@ -277,24 +277,24 @@ MIXMATCH_OPTIM: dict[str, Any] = {
 """MixMatch's: Adam at a constant lr 0.002; the authors' code decays the weights by 0.02·lr
 after every step, which is AdamW's decoupled weight decay 0.02."""
 
-RECIPES = {
-    "pi_model": Recipe(PiModelParams, pi_model,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "pi_model": Recipe(PiModelParams, pi_model,
                        "Π-model: consistency between two stochastic passes of unlabeled images"),
-    "temporal_ensembling": Recipe(TemporalEnsemblingParams, temporal_ensembling,  # type: ignore[arg-type]
+    "temporal_ensembling": Recipe(TemporalEnsemblingParams, temporal_ensembling,
                                   "temporal ensembling: consistency with each image's past "
                                   "predictions"),
-    "mean_teacher": Recipe(MeanTeacherParams, mean_teacher,  # type: ignore[arg-type]
+    "mean_teacher": Recipe(MeanTeacherParams, mean_teacher,
                            "mean teacher: consistency with an EMA of the student"),
-    "pseudo_label": Recipe(PseudoLabelParams, pseudo_label,  # type: ignore[arg-type]
+    "pseudo_label": Recipe(PseudoLabelParams, pseudo_label,
                            "pseudo-label: confident own predictions as hard labels"),
-    "fixmatch": Recipe(FixMatchParams, fixmatch,  # type: ignore[arg-type]
+    "fixmatch": Recipe(FixMatchParams, fixmatch,
                        "fixmatch: confident weak-view labels train the strong view",
                        SSL_PROTOCOL, "Sohn et al. 2020 (FixMatch), §4 and appendix"),
-    "uda": Recipe(UDAParams, uda,  # type: ignore[arg-type]
+    "uda": Recipe(UDAParams, uda,
                   "UDA: sharpened weak-view predictions as soft targets of the strong view",
                   SSL_PROTOCOL, "the standard protocol UDA is run under in FixMatch's and "
                   "USB's comparisons"),
-    "mixmatch": Recipe(MixMatchParams, mixmatch,  # type: ignore[arg-type]
+    "mixmatch": Recipe(MixMatchParams, mixmatch,
                        "mixmatch: guessed, sharpened labels and mixup across both streams",
                        MIXMATCH_OPTIM, "Berthelot et al. 2019 (MixMatch), §4 and the authors' "
                        "code (weight decay 0.02·lr per step)"),

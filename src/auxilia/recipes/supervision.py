@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -54,9 +54,9 @@ def deep_supervision(params: DeepSupervisionParams, ctx: RecipeContext) -> Objec
     return supervised(params, ctx) | Objective(terms, heads, {"x_lb": "weak"})
 
 
-RECIPES = {
-    "supervised": Recipe(SupervisedParams, supervised,  # type: ignore[arg-type]
+RECIPES: dict[str, Recipe[Any]] = {
+    "supervised": Recipe(SupervisedParams, supervised,
                          "cross-entropy on the main exit"),
-    "deep_supervision": Recipe(DeepSupervisionParams, deep_supervision,  # type: ignore[arg-type]
+    "deep_supervision": Recipe(DeepSupervisionParams, deep_supervision,
                                "auxiliary classifiers on chosen exits, a weight per exit"),
 }

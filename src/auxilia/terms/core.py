@@ -7,7 +7,7 @@ terms plus the heads and views they need; objectives combine with ``|``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from auxilia.parts import (
     STUDENT,
     OneBackward,
     OptimizerSpec,
+    Progress,
     Slot,
     StepStrategy,
     StreamSpec,
@@ -59,23 +60,6 @@ class Ref:
             raise KeyError(f"exit {self.exit!r} has no {self.field!r} output (no such head "
                            f"attached); fields: {sorted(fields)}")
         return fields[self.field]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where training is: the optimizer step about to be taken and its share of the run."""
-
-    step: int
-    total_steps: int
-    steps_per_epoch: int
-
-    @property
-    def epoch(self) -> float:
-        return self.step / max(1, self.steps_per_epoch)
-
-    @property
-    def fraction(self) -> float:
-        return self.step / max(1, self.total_steps)
 
 
 class Term(nn.Module):
@@ -324,10 +308,18 @@ class Objective(nn.Module):
             raise ValueError("the objective has no terms")
         return {"loss": total, **parts}
 
-    def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
-        """Every term's :meth:`Term.after_step`, once the step was committed."""
+    def after_step(self, outputs: Outputs, batch: Batch, progress: Progress,
+                   committed: Collection[str] | None = None) -> None:
+        """Every term's :meth:`Term.after_step`, once the step was committed.
+
+        Args:
+            committed: the models whose step was committed (all when None); a term whose
+                references read another model keeps its state (a step with two optimizers
+                may commit one half).
+        """
         for term in self.terms.values():
-            term.after_step(outputs, batch, progress)  # type: ignore[operator]
+            if committed is None or all(ref.model in committed for ref in term.refs()):
+                term.after_step(outputs, batch, progress)  # type: ignore[operator]
 
     def on_epoch_end(self, epoch: int) -> None:
         for term in self.terms.values():

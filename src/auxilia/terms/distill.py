@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from auxilia.losses import cross_entropy, kd_kl, mean_difference, mmd
+from auxilia.losses.metric import _matmul_t as matmul_t_fp32
+from auxilia.ranks import gather
 from auxilia.seeding import seeded
 from auxilia.terms.core import Batch, Outputs, Progress, Ref, Term
 
@@ -123,9 +125,10 @@ class PredictionBankCE(Term):
     @torch.no_grad()
     def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
         """Store this step's predictions: only a committed step writes the bank, so a
-        skipped non-finite batch leaves its rows as they were."""
-        idx = batch[self.index_key]
-        self.bank[idx] = self.ref.read(outputs).detach().float().softmax(dim=1)
+        skipped non-finite batch leaves its rows as they were. With several processes the
+        rows of every rank are gathered, so every rank's bank is the one-process bank."""
+        idx = gather(batch[self.index_key])
+        self.bank[idx] = gather(self.ref.read(outputs).detach().float().softmax(dim=1))
         self.seen[idx] = True
 
 
@@ -245,8 +248,12 @@ class SimilarityKL(Term):
 
 
 def _similarity_log_probs(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Row-wise log-softmax of ``cos(z_i, z_j)/τ`` with ``j ≠ i`` (the diagonal gets −inf)."""
+    """Row-wise log-softmax of ``cos(z_i, z_j)/τ`` with ``j ≠ i`` (the diagonal gets −inf).
+
+    The product is taken in float32 with autocast off, like every other loss's: under bf16
+    autocast a cosine near 1 divided by τ = 0.1 would lose about 0.04 to rounding, more than
+    the similarity differences the loss matches."""
     z = F.normalize(z.float(), dim=1)
-    sim = z @ z.T / temperature
+    sim = matmul_t_fp32(z, z)[2] / temperature
     eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
     return sim.masked_fill(eye, float("-inf")).log_softmax(dim=1)

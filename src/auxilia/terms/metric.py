@@ -7,6 +7,8 @@ from typing import Any
 import torch
 
 from auxilia.losses import supcon, triplet_margin
+from auxilia.losses.contrastive import supcon_sum
+from auxilia.ranks import all_sum, current, gather, gather_with_grad
 from auxilia.terms.core import Batch, Outputs, Progress, Ref, Term
 
 
@@ -15,6 +17,12 @@ class SupCon(Term):
 
     Reads one L2-normalised ``[B, D]`` projection per view and stacks them to ``[B, V, D]``
     (Khosla et al. 2020; the loss CDS puts on every stage, Zhang et al. 2022).
+
+    With several processes (``torchrun``) each holding ``b`` rows of the global batch, the
+    projections and labels of every rank are gathered (with gradient), this rank's rows are
+    the anchors against all gathered rows, and its loss is its anchors' sum times the world
+    size over the count of anchors of all ranks: the mean over ranks that DDP's gradient
+    average takes is then exactly the one-process loss of the global batch.
     """
 
     def __init__(self, name: str, views: tuple[Ref, ...], labels: str | None = "y_lb",
@@ -33,7 +41,15 @@ class SupCon(Term):
     def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
         features = torch.stack([ref.read(outputs).float() for ref in self.views], dim=1)
         labels = batch[self.labels] if self.labels else None
-        return supcon(features, labels, self.temperature, self.base_temperature)
+        ranks = current()
+        if not ranks.several:
+            return supcon(features, labels, self.temperature, self.base_temperature)
+        local = features.shape[0]
+        total, count = supcon_sum(gather_with_grad(features),
+                                  gather(labels) if labels is not None else None,
+                                  self.temperature, self.base_temperature,
+                                  anchors=slice(ranks.rank * local, (ranks.rank + 1) * local))
+        return total * ranks.world / all_sum(count).clamp(min=1)
 
 
 class Triplet(Term):

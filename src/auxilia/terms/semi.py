@@ -24,6 +24,7 @@ from auxilia.losses.semi import (
     softmax_mse,
     tsa_threshold,
 )
+from auxilia.ranks import gather
 from auxilia.terms.core import Batch, Outputs, Progress, Ref, Term
 
 RampKind = Literal["sigmoid", "linear", "none"]
@@ -173,13 +174,14 @@ class TemporalEnsemble(_Ramped):
     @torch.no_grad()
     def after_step(self, outputs: Outputs, batch: Batch, progress: Progress) -> None:
         """Record this committed step's predictions; fold them into ``Z`` at the stream's
-        epoch boundary."""
-        idx = batch[self.index]
+        epoch boundary. With several processes the rows of every rank are gathered (every
+        rank's bank is the one-process bank)."""
+        idx = gather(batch[self.index])
         if self.epoch_seen[idx].any():
             # a sample twice in one epoch: the stream started a new one while this epoch's
             # count fell short (a skipped step's batch was never recorded): fold it first
             self._end_epoch()
-        self.epoch_preds[idx] = self.student.read(outputs).detach().float().softmax(dim=1)
+        self.epoch_preds[idx] = gather(self.student.read(outputs).detach().float().softmax(1))
         self.epoch_seen[idx] = True
         self.seen += len(idx)
         n = len(self.bank)
