@@ -35,7 +35,7 @@ CASES = {  # name -> overrides of configs/demo.yaml
 
 def images_per_s(overrides: list[str], steps: int, processes: int, threads: int,
                  run_dir: Path, name: str) -> float:
-    """Training images/s (evaluation excluded) of one run, read from its summary."""
+    """Training images/s of the global batch (evaluation excluded), from the run's summary."""
     args = ["train", str(ROOT / "configs/demo.yaml"), *overrides, f"run.dir={run_dir}",
             f"run.name={name}", "run.progress=off", "run.tensorboard=false", "run.plot=false",
             f"train.steps={steps}", f"train.eval_every={steps}", "--overwrite"]
@@ -61,8 +61,9 @@ def main() -> None:
             one, two = [], []
             for i in range(args.repeats):  # interleaved: drift in the machine hits both
                 one.append(images_per_s(overrides, args.steps, 1, args.threads, Path(tmp),
-                                        f"one{i}"))
-                two.append(images_per_s(overrides, args.steps, 2, 1, Path(tmp), f"two{i}"))
+                                        f"{len(rows)}-one{i}"))
+                two.append(images_per_s(overrides, args.steps, 2, 1, Path(tmp),
+                                        f"{len(rows)}-two{i}"))
             ratios = [b / a for a, b in zip(one, two, strict=True)]
             rows.append({"case": case, "one_process": one, "two_processes": two,
                          "ratio": ratios})

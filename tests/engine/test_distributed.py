@@ -113,6 +113,9 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batch(launched: Pat
     assert any(r0[s]["loss"] != r1[s]["loss"] for s in r0)  # each rank had its own rows
     _same_state(launched / "one" / method / "checkpoints" / "last.pt",
                 launched / "two" / method / "checkpoints" / "last.pt")
+    summaries = [json.loads((launched / w / method / "summary.json").read_text())
+                 for w in ("one", "two")]
+    assert summaries[0]["train_images"] == summaries[1]["train_images"]  # the global batch
 
 
 def test_gathered_negatives_are_the_one_process_loss(launched: Path) -> None:

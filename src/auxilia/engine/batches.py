@@ -73,9 +73,10 @@ class Batches:
                           self.ranks)
 
     def images(self, batch: Mapping[str, torch.Tensor]) -> int:
-        """Samples ``batch`` drew, over every stream (one per sample, whatever its views)."""
-        return sum(int(batch[f"idx_{spec.keys}"].shape[0])
-                   for spec in self.setup.objective.streams.values())
+        """Samples the step drew, over every stream (one per sample, whatever its views) and
+        every rank: ``batch`` holds this rank's equal share of each global batch."""
+        return self.ranks.world * sum(int(batch[f"idx_{spec.keys}"].shape[0])
+                                      for spec in self.setup.objective.streams.values())
 
     def state_dict(self) -> dict[str, dict[str, int]]:
         return {name: stream.state_dict() for name, stream in self.streams.items()}

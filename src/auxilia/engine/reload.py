@@ -15,7 +15,6 @@ from auxilia.data.types import DatasetSplits, Split
 from auxilia.engine.checkpoint import load_checkpoint, resolve_checkpoint, run_folder_of_checkpoint
 from auxilia.engine.datacheck import check_same_data
 from auxilia.engine.device import run_device
-from auxilia.engine.evaluate import evaluate
 from auxilia.engine.setup import Setup, build_setup
 
 
@@ -112,13 +111,9 @@ def evaluate_run(path: str | Path, which: str = "best", splits: tuple[str, ...] 
                  ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Per-split, per-exit accuracy of a saved model. Returns (metrics, checkpoint)."""
     setup, checkpoint = load_run(path, which)
-    cfg = setup.config
     results = {}
     for name in splits:
         split = getattr(setup.data, name)
         if len(split):
-            results[name] = evaluate(
-                setup.model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
-                device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                channels_last=cfg.model.channels_last)
+            results[name] = setup.evaluator.metrics(setup.model, split)
     return results, checkpoint

@@ -167,15 +167,21 @@ class TrainMeter:
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
+        self._keys: tuple[str, ...] = ()
+        self._stacked: torch.Tensor | None = None
         self._correct: torch.Tensor | int = 0
         self._seen: torch.Tensor | int = 0
         self._steps = 0
 
     def add(self, losses: Mapping[str, torch.Tensor], outputs: Mapping[Any, Any],
             batch: Mapping[str, torch.Tensor]) -> None:
-        for key, value in losses.items():
-            value = value.detach().float()
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        keys = tuple(losses)
+        values = torch.stack([v.detach().float() for v in losses.values()])  # one add per step
+        if keys != self._keys:  # the first step of a window (the terms are fixed in a run)
+            self._flush()
+            self._keys, self._stacked = keys, values
+        else:
+            self._stacked = self._stacked + values
         main = outputs.get(("student", "x_lb")) if isinstance(outputs, Mapping) else None
         if main is not None and "y_lb" in batch and "logits" in main.get("final", {}):
             labels = batch["y_lb"]
@@ -185,8 +191,16 @@ class TrainMeter:
             self._seen = self._seen + known.sum()
         self._steps += 1
 
+    def _flush(self) -> None:
+        """Fold the stacked sums into the per-key sums (when the set of losses changes)."""
+        if self._stacked is not None:
+            for key, value in zip(self._keys, self._stacked, strict=True):
+                self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self._keys, self._stacked = (), None
+
     def record(self, step: int, lr: float) -> dict[str, Any]:
         """The log record of the window since the last call, and a reset."""
+        self._flush()
         n = max(1, self._steps)
         record: dict[str, Any] = {"step": step, "lr": lr}
         record.update({f"train/{k}": float(v) / n for k, v in self._sums.items()})

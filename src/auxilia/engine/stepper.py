@@ -87,8 +87,8 @@ class Stepper:
         # device; the first non-finite step is kept on the device and read by check()
         self.deferred = (run.config.train.on_nonfinite == "stop"
                          and not run.scaler.is_enabled())
-        # the first non-finite step: (step or -1, 0 for the loss / 1 for the gradients, value)
-        self.bad = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=run.setup.device)
+        # (step, "loss" or "gradient norm", its value on the device), read by check()
+        self.window: list[tuple[int, str, torch.Tensor]] = []
         self.outside_ddp = ([p for p in run.objective.parameters() if p.requires_grad]
                             if OBJECTIVE in self.owner else [])
         self._stepped: dict[str, bool] = {}
@@ -140,9 +140,9 @@ class Stepper:
         scaler = self.run.scaler
         scaler.scale(loss).backward()
         average_gradients(self.outside_ddp, self.ranks)  # DDP averaged the models' own
-        norm = self._gradient_norm(opts)
         if self.deferred:
-            return self._step_deferred(names, opts, loss, norm)
+            return self._step_deferred(names, opts, loss)
+        norm = self._gradient_norm(opts)
         loss_ok, grad_ok = self.agree(torch.stack([torch.isfinite(loss.detach()),
                                                    torch.isfinite(norm)]))
         if scaler.is_enabled():
@@ -168,17 +168,17 @@ class Stepper:
         return stepped
 
     def _step_deferred(self, names: Sequence[str], opts: Sequence[torch.optim.Optimizer],
-                       loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        """Step without reading the device: a non-finite loss or gradient is recorded (the
-        first step it happened at) and stops the run at the next :meth:`check`, before any
-        log line, evaluation or checkpoint could use what it touched."""
-        loss_ok = torch.isfinite(loss.detach())
-        finite = loss_ok & torch.isfinite(norm)
-        step = torch.full((), float(self.run.loop.step), dtype=torch.float64).to(
-            self.bad.device, non_blocking=True)
-        found = torch.stack([step, loss_ok.double(),  # 1: the loss was finite, its gradient not
-                             torch.where(loss_ok, norm.detach(), loss.detach()).double()])
-        self.bad = torch.where((self.bad[0] < 0) & ~finite, found, self.bad)
+                       loss: torch.Tensor) -> bool:
+        """Step without reading the device (``on_nonfinite=stop``): the loss (and the clipped
+        gradients' norm, when ``optim.grad_clip`` computes it anyway) is kept for the next
+        :meth:`check`, which stops the run before any log line, evaluation or checkpoint
+        could use what a non-finite step touched. No pass over the gradients is added: a
+        non-finite gradient with a finite loss makes the weights, so the next loss,
+        non-finite (and the weights are checked before every checkpoint)."""
+        step = self.run.loop.step
+        self.window.append((step, "loss", loss.detach()))
+        if self.run.config.optim.grad_clip is not None:
+            self.window.append((step, "gradient norm", self._gradient_norm(opts)))
         for opt in opts:
             opt.step()
         self._stepped.update(dict.fromkeys(names, True))
@@ -191,18 +191,21 @@ class Stepper:
         Raises:
             NonFiniteLossError: naming the first non-finite step and the last good checkpoint.
         """
+        window, self.window = self.window, []
         if not self.deferred:
             return
-        (finite,) = self.agree((self.bad[0] < 0).reshape(1))
+        values = (torch.stack([v.float() for _, _, v in window]) if window
+                  else torch.zeros(1, device=self.run.setup.device))
+        (finite,) = self.agree(torch.isfinite(values).all().reshape(1))
         if finite:
             return
-        step, kind, value = self.bad.tolist()
-        what = "gradient norm" if kind else "loss"
         found = f"found at step {self.run.loop.step}"
-        raise NonFiniteLossError(
-            (f"{what} is {value} at step {int(step) + 1} ({found})" if step >= 0 else
-             f"the loss or the gradients became non-finite on another rank ({found})")
-            + f"; stopped without writing a checkpoint. {self._last_good()}")
+        bad = [(step, kind, value) for (step, kind, _), value
+               in zip(window, values.tolist(), strict=True) if not math.isfinite(value)]
+        what = (f"{bad[0][1]} is {bad[0][2]} at step {bad[0][0] + 1}" if bad
+                else "the loss or the gradients became non-finite on another rank")
+        raise NonFiniteLossError(f"{what} ({found}); stopped without writing a checkpoint. "
+                                 f"{self._last_good()}")
 
     def agree(self, flags: torch.Tensor) -> tuple[bool, ...]:
         """Boolean flags every process decides alike: each is true only where it is true on

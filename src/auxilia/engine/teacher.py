@@ -22,7 +22,6 @@ from auxilia.data.sources import val_at_size
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.engine.checkpoint import run_folder_of_checkpoint
 from auxilia.engine.datacheck import read_data_listing
-from auxilia.engine.evaluate import evaluate
 from auxilia.engine.teacher_classes import class_index, class_note, shown_names
 from auxilia.engine.teacher_runs import load_teacher_checkpoint
 from auxilia.models.multi_exit import MultiExitModel
@@ -258,10 +257,7 @@ def teacher_report(run: RunContext) -> dict[str, Any] | None:
 
 def _accuracy(run: RunContext, model: nn.Module, split: Split) -> dict[str, float | None]:
     """``{"top1", "loss"}`` of ``model`` on ``split`` through the run's eval view."""
-    setup, cfg = run.setup, run.config
-    metrics = evaluate(model, split, setup.eval_view, batch_size=cfg.data.eval_batch_size,
-                       device=setup.device, amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                       channels_last=cfg.model.channels_last)
+    metrics = run.setup.evaluator.metrics(model, split)
     return {"top1": metrics.get("final/top1"), "loss": metrics.get("loss")}
 
 
@@ -358,19 +354,16 @@ def finish_report(run: RunContext, start: dict[str, Any] | None) -> dict[str, An
     if start is not None:
         end = weights_checksum(run.models[TEACHER])
         out["teacher"] = {**start, "sha256_end": end, "unchanged": end == start["sha256"]}
-    setup, cfg = run.setup, run.config
+    setup = run.setup
     peers = {}
     for name, slot in run.slots.items():
-        if not slot.trained or name == TEACHER:
+        if not slot.trained:  # peers: a teacher or an EMA model is never trained
             continue
         peers[name] = {}
         for split_name in ("val", "test"):
             split = getattr(setup.data, split_name)
             if split is not None and len(split):
-                metrics = evaluate(run.models[name], split, setup.eval_view,
-                                   batch_size=cfg.data.eval_batch_size, device=setup.device,
-                                   amp=cfg.train.amp, amp_dtype=setup.amp_dtype,
-                                   channels_last=cfg.model.channels_last)
+                metrics = setup.evaluator.metrics(run.models[name], split)
                 peers[name][split_name] = {"top1": metrics.get("final/top1"),
                                            "loss": metrics.get("loss")}
     if peers:
