@@ -95,9 +95,20 @@ def test_softmax_consistency_without_detach_trains_both_passes() -> None:
 
 # --- TemporalEnsemble -------------------------------------------------------------------------
 
-def _te_step(term: TemporalEnsemble, logits: torch.Tensor, idx: list[int]) -> None:
-    term.after_step({("student", "x_ulb_w"): _out(logits)}, {"idx_ulb": torch.tensor(idx)},
-                    WHERE)
+_POSITION: dict[int, int] = {}  # term → batches its stream has drawn this epoch
+
+
+def _te_step(term: TemporalEnsemble, logits: torch.Tensor | None, idx: list[int]) -> None:
+    """One batch of the unlabeled stream (N // b batches an epoch), flagged as the engine's
+    Batches flags it; ``logits=None``: a skipped step (drawn, never recorded)."""
+    per_epoch = len(term.bank) // len(idx)
+    position = _POSITION.get(id(term), 0)
+    _POSITION[id(term)] = (position + 1) % per_epoch
+    if logits is None:
+        return
+    batch = {"idx_ulb": torch.tensor(idx), "epoch_start_ulb": torch.tensor(position == 0),
+             "epoch_end_ulb": torch.tensor(position + 1 == per_epoch)}
+    term.after_step({("student", "x_ulb_w"): _out(logits)}, batch, WHERE)
 
 
 def _te(n: int, c: int = 3, alpha: float = 0.6) -> TemporalEnsemble:
@@ -167,13 +178,14 @@ def test_temporal_ensemble_epoch_ends_after_exactly_n_over_b_batches() -> None:
 
 
 def test_temporal_ensemble_folds_at_the_streams_new_epoch_after_a_skipped_step() -> None:
-    """A skipped step's batch is never recorded, so the epoch's count falls short; the next
-    epoch's first batch repeats a sample recorded this epoch, and the epoch is folded then,
+    """The epoch's last batch was a skipped step, never recorded: the stream's next epoch
+    starts, and the epoch is folded then, before the new epoch's first batch is recorded,
     never mixing two epochs' predictions of one sample."""
     term = _te(6)  # b = 2: an epoch is 3 batches
     z = _logits(10, 6, 3).detach()
     _te_step(term, z[[0, 1]], [0, 1])
-    _te_step(term, z[[2, 3]], [2, 3])  # [4, 5] was a skipped step: not recorded
+    _te_step(term, z[[2, 3]], [2, 3])
+    _te_step(term, None, [4, 5])  # a skipped step: drawn, never recorded
     assert term.updates.sum() == 0 and term.seen.item() == 4
     z2 = _logits(11, 6, 3).detach()
     _te_step(term, z2[[1, 4]], [1, 4])  # the new epoch: 1 repeats
@@ -220,6 +232,7 @@ def test_temporal_ensemble_compute_is_pure_and_state_round_trips() -> None:
     assert all(torch.equal(before[k], v) for k, v in term.state_dict().items())
     restored = _te(6)
     restored.load_state_dict(before)
+    _POSITION[id(restored)] = _POSITION[id(term)]  # the stream's state resumes with the run
     assert torch.equal(restored.compute(outs, batch, WHERE), value)
     for t in (term, restored):  # the rest of the epoch folds identically after the resume
         _te_step(t, z[[0, 2]], [0, 2])

@@ -68,9 +68,19 @@ class Batches:
 
     def next(self, step: int) -> dict[str, torch.Tensor]:
         """The batch of optimizer step ``step``: an index batch from every stream, its samples
-        and every declared view (:func:`make_batch`)."""
-        return make_batch(self.setup, {n: next(s) for n, s in self.streams.items()}, step,
-                          self.ranks)
+        and every declared view (:func:`make_batch`), and for each stream whether this batch
+        starts or ends one of its epochs (``epoch_start_<keys>``, ``epoch_end_<keys>``: host
+        booleans, so a term that acts at a stream's epoch never reads the device)."""
+        indices, edges = {}, {}
+        for name, stream in self.streams.items():
+            starts = stream.position == 0
+            indices[name] = next(stream)
+            edges[self.setup.objective.streams[name].keys] = (starts, stream.position == 0)
+        batch = make_batch(self.setup, indices, step, self.ranks)
+        for keys, (starts, ends) in edges.items():
+            batch[f"epoch_start_{keys}"] = torch.tensor(starts)
+            batch[f"epoch_end_{keys}"] = torch.tensor(ends)
+        return batch
 
     def images(self, batch: Mapping[str, torch.Tensor]) -> int:
         """Samples the step drew, over every stream (one per sample, whatever its views) and

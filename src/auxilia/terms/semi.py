@@ -116,10 +116,12 @@ class TemporalEnsemble(_Ramped):
     The bank covers the samples of the unlabeled stream, indexed by ``batch[index]``, and an
     "epoch" is an epoch of that stream, not of the labeled one: predictions are collected in
     ``epoch_preds`` ``[N, C]`` / ``epoch_seen`` ``[N]`` by :meth:`after_step` (committed steps
-    only), ``seen`` counts them, and the epoch ends when ``seen`` reaches ``(N // b)·b``, ``b``
-    the index batch size (the stream drops its last incomplete batch). Then every sample seen
-    that epoch gets its update; the others keep their ``Z`` and count. All five are buffers,
-    saved and restored with the run, so a resumed run continues exactly.
+    only; ``seen`` counts them), and the epoch is folded when the stream says it ended: the
+    batch's ``epoch_end_<keys>`` flag (its last batch), or ``epoch_start_<keys>`` of the next
+    epoch's first batch when the last one was a skipped step (both host booleans set by the
+    engine's :class:`~auxilia.engine.batches.Batches`: no read of the device). Then every
+    sample seen that epoch gets its update; the others keep their ``Z`` and count. All five
+    are buffers, saved and restored with the run, so a resumed run continues exactly.
 
     Args:
         student: the student's logits ``[B, C]`` on the unlabeled view.
@@ -176,22 +178,23 @@ class TemporalEnsemble(_Ramped):
         """Record this committed step's predictions; fold them into ``Z`` at the stream's
         epoch boundary. With several processes the rows of every rank are gathered (every
         rank's bank is the one-process bank)."""
-        idx = gather(batch[self.index])
-        if self.epoch_seen[idx].any():
-            # a sample twice in one epoch: the stream started a new one while this epoch's
-            # count fell short (a skipped step's batch was never recorded): fold it first
+        stream = self.index.removeprefix("idx_")
+        if bool(batch[f"epoch_start_{stream}"]):  # the last epoch's end was a skipped step
             self._end_epoch()
+        idx = gather(batch[self.index])
         self.epoch_preds[idx] = gather(self.student.read(outputs).detach().float().softmax(1))
         self.epoch_seen[idx] = True
         self.seen += len(idx)
-        n = len(self.bank)
-        if int(self.seen) >= (n // max(1, len(idx))) * len(idx):
+        if bool(batch[f"epoch_end_{stream}"]):
             self._end_epoch()
 
     def _end_epoch(self) -> None:
+        """Fold the epoch's predictions into ``Z`` (a no-op when nothing was recorded);
+        masked arithmetic, no boolean indexing, so the device is never read."""
         mask = self.epoch_seen
-        self.bank[mask] = self.alpha * self.bank[mask] + (1.0 - self.alpha) * self.epoch_preds[mask]
-        self.updates[mask] += 1
+        folded = self.alpha * self.bank + (1.0 - self.alpha) * self.epoch_preds
+        self.bank.copy_(torch.where(mask[:, None], folded, self.bank))
+        self.updates += mask.long()
         self.epoch_preds.zero_()
         self.epoch_seen.zero_()
         self.seen.zero_()
