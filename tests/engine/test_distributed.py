@@ -28,7 +28,7 @@ BASE = ["run.progress=off", "run.tensorboard=false", "run.plot=false", "train.de
         "train.steps=3", "train.eval_every=3", "data.batch_size=16"]
 SEMI = ["data.labels_per_class=5"]
 METHODS = {"supervised": [], "cds": [], "fixmatch": SEMI, "temporal_ensembling": SEMI,
-           "mean_teacher": SEMI, "dml": []}
+           "mean_teacher": SEMI, "dml": [], "dogo": []}
 
 
 def _launch(out: Path, runs: list[dict[str, Any]], ranks: int, timeout: float = 300

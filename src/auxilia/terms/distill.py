@@ -12,7 +12,7 @@ from torch import nn
 
 from auxilia.losses import cross_entropy, kd_kl, mean_difference, mmd
 from auxilia.losses.metric import _matmul_t as matmul_t_fp32
-from auxilia.ranks import gather
+from auxilia.ranks import current, gather, gather_with_grad
 from auxilia.seeding import seeded
 from auxilia.terms.core import Batch, Outputs, Progress, Ref, Term
 
@@ -220,6 +220,11 @@ class SimilarityKL(Term):
     the same row of the detached peer's: ``(1/N) Σ_i KL(q_i ‖ p_i)`` over the ``N`` samples of
     all views, ``p`` the student's and ``q`` the peer's distributions.
 
+    With several processes (``torchrun``), every rank's projections are gathered (the
+    student's with gradient), a rank's rows are its own samples in every view against the
+    columns of the whole global batch, and its loss is the mean over its rows: DDP's average
+    over ranks is then exactly the one-process loss (every rank holds as many rows).
+
     Args:
         student: the projections trained here, one :class:`Ref` per view ``[B, D]``.
         peer: the peer's projections on the same views (detached).
@@ -238,22 +243,37 @@ class SimilarityKL(Term):
         return (self.temperature,)
 
     def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
-        log_p = _similarity_log_probs(torch.cat([r.read(outputs) for r in self.student]),
-                                      self.temperature)
+        student = [gather_with_grad(r.read(outputs)) for r in self.student]
+        rows = _own_rows(len(student[0]), len(student))
+        log_p = _similarity_log_probs(torch.cat(student), self.temperature, rows)
         with torch.no_grad():
-            log_q = _similarity_log_probs(torch.cat([r.read(outputs) for r in self.peer]),
-                                          self.temperature)
+            log_q = _similarity_log_probs(torch.cat([gather(r.read(outputs)) for r in self.peer]),
+                                          self.temperature, rows)
         q = log_q.exp()
         return (q * (log_q - log_p)).masked_fill(q == 0, 0.0).sum(dim=1).mean()
 
 
-def _similarity_log_probs(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Row-wise log-softmax of ``cos(z_i, z_j)/τ`` with ``j ≠ i`` (the diagonal gets −inf).
+def _own_rows(total: int, views: int) -> torch.Tensor | None:
+    """This rank's rows of ``views`` concatenated global batches of ``total`` rows (None: one
+    process, every row)."""
+    ranks = current()
+    if not ranks.several:
+        return None
+    own = torch.arange(total)[ranks.rows(total)]
+    return (torch.arange(views)[:, None] * total + own[None, :]).reshape(-1)
+
+
+def _similarity_log_probs(z: torch.Tensor, temperature: float,
+                          rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise log-softmax of ``cos(z_i, z_j)/τ`` with ``j ≠ i`` (the diagonal gets −inf),
+    for the rows ``rows`` (all by default) against every column.
 
     The product is taken in float32 with autocast off, like every other loss's: under bf16
     autocast a cosine near 1 divided by τ = 0.1 would lose about 0.04 to rounding, more than
     the similarity differences the loss matches."""
     z = F.normalize(z.float(), dim=1)
-    sim = matmul_t_fp32(z, z)[2] / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    return sim.masked_fill(eye, float("-inf")).log_softmax(dim=1)
+    own = torch.arange(len(z), device=z.device) if rows is None else rows.to(z.device)
+    anchors = z if rows is None else z[own]
+    sim = matmul_t_fp32(anchors, z)[2] / temperature
+    self_pair = own[:, None] == torch.arange(len(z), device=z.device)[None, :]
+    return sim.masked_fill(self_pair, float("-inf")).log_softmax(dim=1)
