@@ -85,6 +85,9 @@ def main() -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         (out / f"{spec['name']}.w{world}.rank{rank}.json").write_text(
             json.dumps({"losses": losses, "stopped": stopped}))
+    if torch.distributed.is_initialized():  # left alive, gloo's threads may abort at exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
