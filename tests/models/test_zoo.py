@@ -18,7 +18,7 @@ ZOO_NAMES = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4", "resnet18", "resnet34", "resnet50",
     "wrn_28_2", "wrn_28_8", "wrn_16_2", "wrn_40_2", "convnet13", "small_cnn",
-    "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2",
+    "vgg8", "vgg13", "mobilenetv2", "shufflenetv1", "shufflenetv2", "mixer_nano", "mixer_tiny",
 ]
 # Pixels a stage loses to valid (unpadded) convs, on top of its stride.
 VALID_CROP = {("convnet13", "s3"): 2}

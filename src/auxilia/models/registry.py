@@ -24,6 +24,7 @@ from auxilia.models.weights import load_run_classifier, read_state_dict
 from auxilia.models.zoo import (
     cifar_resnet,
     convnet13,
+    mlp_mixer,
     mobilenetv2,
     resnet,
     shufflenet,
@@ -35,7 +36,7 @@ from auxilia.models.zoo import (
 TIMM_PREFIX = "timm/"
 
 _ZOO_MODULES: tuple[ModuleType, ...] = (
-    cifar_resnet, resnet, wrn, convnet13, small_cnn, vgg, mobilenetv2, shufflenet,
+    cifar_resnet, resnet, wrn, convnet13, small_cnn, vgg, mobilenetv2, shufflenet, mlp_mixer,
 )
 
 
