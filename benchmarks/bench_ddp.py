@@ -9,7 +9,9 @@ memory of one machine, and two processes of one thread compete for the same memo
 as one process of two threads; NCCL on GPUs is measured by benchmarks/gpu_check.py.
 
 Usage: ``python benchmarks/bench_ddp.py [--repeats 3] [--steps 200]``; writes
-``benchmarks/results/ddp.json`` and prints a Markdown table (mean ± std over repeats).
+``benchmarks/results/ddp.json`` and the table (mean ± std over repeats) into the
+``<!-- bench:ddp -->`` block of docs/gpus.md; ``--table-only`` rewrites that block from the
+saved results without training.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench_engine import write_readme_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -54,7 +58,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the docs table from benchmarks/results/ddp.json")
     args = parser.parse_args()
+    if args.table_only:
+        report = json.loads((OUT / "ddp.json").read_text())
+        write_readme_section("ddp", table(report))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case, overrides in CASES.items():
@@ -70,13 +80,26 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                "threads_one_process": args.threads, "steps": args.steps,
                "repeats": args.repeats, "seed": 0}
+    report = {"machine": machine, "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ddp.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    print(f"| case | 1 process × {args.threads} threads (img/s) | 2 processes × 1 thread "
-          "(img/s) | ratio |\n|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['case']} | {_ms(row['one_process'])} | {_ms(row['two_processes'])} | "
-              f"{_ms(row['ratio'], 2)} |")
+    (OUT / "ddp.json").write_text(json.dumps(report, indent=2))
+    write_readme_section("ddp", table(report))
+    print(table(report))
+
+
+def table(report: dict) -> str:
+    """The Markdown table of a report: images/s of the global batch and their ratio."""
+    m = report["machine"]
+    lines = [f"Machine: {m['processor']}, {m['cpus']} cores; gloo; {m['steps']} steps, "
+             f"{m['repeats']} repeats interleaved, seed {m['seed']}, mean ± std; images/s of "
+             "the global batch, evaluation excluded.", "",
+             f"| case | 1 process × {m['threads_one_process']} threads (img/s) | 2 processes "
+             "× 1 thread (img/s) | ratio (each repeat) |", "|---|---|---|---|"]
+    for row in report["rows"]:
+        each = ", ".join(f"{r:.2f}" for r in row["ratio"])
+        lines.append(f"| {row['case']} | {_ms(row['one_process'])} | "
+                     f"{_ms(row['two_processes'])} | {_ms(row['ratio'], 2)} ({each}) |")
+    return "\n".join(lines)
 
 
 def _ms(values: list[float], digits: int = 0) -> str:

@@ -58,7 +58,7 @@ def supcon_sum(features: torch.Tensor, labels: torch.Tensor | None = None,
     if batch * views < 2:
         return features.sum() * 0, torch.zeros((), device=features.device)
     ids = labels if labels is not None else torch.arange(batch, device=features.device)
-    rows = None if anchors is None else _anchor_rows(anchors, batch, views, features.device)
+    rows = None if anchors is None else view_major_rows(anchors, batch, views, features.device)
     log_prob, self_pair = _log_prob(features, temperature, rows)
     positives = _positive_mask(ids.to(features.device), views, rows) & ~self_pair
     n_pos = positives.sum(dim=1)
@@ -68,10 +68,12 @@ def supcon_sum(features: torch.Tensor, labels: torch.Tensor | None = None,
     return torch.where(has_pos, anchor_loss, 0).sum(), has_pos.sum().to(anchor_loss.dtype)
 
 
-def _anchor_rows(anchors: slice, batch: int, views: int, device: torch.device) -> torch.Tensor:
-    """The view-major row numbers of samples ``anchors`` in every view ``[V·b]``."""
-    samples = torch.arange(batch, device=device)[anchors]
-    return (torch.arange(views, device=device)[:, None] * batch + samples[None, :]).reshape(-1)
+def view_major_rows(samples: slice, batch: int, views: int,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """The row numbers ``[V·b]`` of samples ``samples`` in every view, in ``V`` views of
+    ``batch`` samples concatenated view-major (a process's own anchors among gathered rows)."""
+    own = torch.arange(batch, device=device)[samples]
+    return (torch.arange(views, device=device)[:, None] * batch + own[None, :]).reshape(-1)
 
 
 def _log_prob(features: torch.Tensor, temperature: float, rows: torch.Tensor | None

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auxilia.losses import cross_entropy, kd_kl, mean_difference, mmd
+from auxilia.losses.contrastive import view_major_rows
 from auxilia.losses.metric import _matmul_t as matmul_t_fp32
 from auxilia.ranks import current, gather, gather_with_grad
 from auxilia.seeding import seeded
@@ -257,10 +258,7 @@ def _own_rows(total: int, views: int) -> torch.Tensor | None:
     """This rank's rows of ``views`` concatenated global batches of ``total`` rows (None: one
     process, every row)."""
     ranks = current()
-    if not ranks.several:
-        return None
-    own = torch.arange(total)[ranks.rows(total)]
-    return (torch.arange(views)[:, None] * total + own[None, :]).reshape(-1)
+    return view_major_rows(ranks.rows(total), total, views) if ranks.several else None
 
 
 def _similarity_log_probs(z: torch.Tensor, temperature: float,

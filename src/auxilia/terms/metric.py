@@ -44,11 +44,10 @@ class SupCon(Term):
         ranks = current()
         if not ranks.several:
             return supcon(features, labels, self.temperature, self.base_temperature)
-        local = features.shape[0]
         total, count = supcon_sum(gather_with_grad(features),
                                   gather(labels) if labels is not None else None,
                                   self.temperature, self.base_temperature,
-                                  anchors=slice(ranks.rank * local, (ranks.rank + 1) * local))
+                                  anchors=ranks.rows(features.shape[0] * ranks.world))
         return total * ranks.world / all_sum(count).clamp(min=1)
 
 
