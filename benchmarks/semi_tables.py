@@ -7,6 +7,8 @@ folders only, writes ``benchmarks/results/<name>/semi.md`` and replaces docs/ben
 ``<!-- bench:<name> -->`` block (and ``<!-- bench:<name>_mean_teacher -->``).
 
 Usage: ``python benchmarks/semi_tables.py runs/bench/semi_digits [runs/bench/semi_mnist]``
+(also ``runs/bench/mt_ablation_mnist``: an ablation's table, without the "every method beats
+the baseline" verdict).
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def report(folder: Path, goal: float | None) -> dict[str, Any]:
     collection = collect([folder])
     baseline = collection.baseline or collection.variants[0]
     table, means = method_table(collection, baseline)
-    text = f"{describe(collection)}.\n\n{table}\n\n{targets(means, baseline, goal)}"
+    text = f"{describe(collection)}.\n\n{table}"
+    if "ablation" not in folder.name:  # an ablation's rows are variations, not competitors
+        text += f"\n\n{targets(means, baseline, goal)}"
     name = folder.name
     out = ROOT / "benchmarks" / "results" / name
     out.mkdir(parents=True, exist_ok=True)

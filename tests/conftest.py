@@ -49,3 +49,29 @@ def tiny_config(tmp_path: Path):
                                   "data.batch_size=64", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def pseudo_labelled(tmp_path_factory: pytest.TempPathFactory):
+    """``attach(data)``: ``data`` with 64 of its unlabeled images pseudo-labelled (random soft
+    rows, as a labelling round writes them), so that ``noisy_student`` builds on it."""
+    import torch
+
+    from auxilia.data.pseudo_labels import (
+        PseudoLabels,
+        attach_pseudo_labels,
+        write_pseudo_labels,
+    )
+
+    def attach(data):
+        unlabeled, rows = data.unlabeled, torch.arange(64)
+        probs = torch.rand(64, data.num_classes, generator=torch.Generator().manual_seed(0))
+        probs = probs.softmax(1)
+        file = tmp_path_factory.mktemp("pseudo") / "pseudo_labels.npz"
+        write_pseudo_labels(file, PseudoLabels(
+            unlabeled.keys[rows], unlabeled.names[rows.numpy()], probs, probs.argmax(1),
+            probs.max(1).values,
+            {"classes": list(data.classes), "teacher": {"sha256": "0" * 64}}))
+        return attach_pseudo_labels(data, file)
+
+    return attach

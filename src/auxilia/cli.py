@@ -32,7 +32,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for "Resume with: ..." lines
-    takes_items = args.command in ("train", "compare")
+    takes_items = args.command in ("train", "compare", "scale")
     if extra and (not takes_items or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if takes_items:
@@ -70,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_rounds)
 
     from auxilia.compare.command import add_compare, add_report
+    from auxilia.compare.scale_command import add_scale
 
     add_compare(sub)
     add_report(sub)
+    add_scale(sub)
 
     p = sub.add_parser("eval", help="evaluate every exit of a run folder or checkpoint")
     p.add_argument("path", metavar="RUN_OR_CHECKPOINT")
@@ -184,8 +186,8 @@ def _rounds(args: argparse.Namespace) -> int:
             print(resume, file=sys.stderr, flush=True)
             raise
         for r in results:
-            print(f"{r.name:16s} {r.status:8s} val top1 {_fmt(r.val_top1):>6s}  "
-                  f"test top1 {_fmt(r.test_top1):>6s}  {r.run_dir}")
+            print(f"{r.name:16s} {r.status:8s} {_round_figures(r.summary, r.val_top1, r.test_top1)}"
+                  f"  {r.run_dir}")
         if stop.requested:
             print(f"{stop.name} received as the pipeline ended: every round is finished. "
                   f"{resume}", file=sys.stderr, flush=True)
@@ -214,6 +216,16 @@ def _print_summary(summary: dict) -> None:
                   f"{summary['params']['total']:,} in training ("
                   f"{summary['params']['trainable']:,} trainable), "
                   f"{summary['params']['deployed']:,} deployed")
+
+
+def _round_figures(summary: dict, val: float | None, test: float | None) -> str:
+    """A training round's val and test top-1; a labelling round's entries and the
+    pseudo-labels' top-1 on the images whose truth is known (reporting only)."""
+    if "entries" not in summary:
+        return f"val top1 {_fmt(val):>6s}  test top1 {_fmt(test):>6s}"
+    accuracy = (summary.get("accuracy") or {}).get("entries")
+    return (f"{summary['entries']:,} pseudo-labels, top1 {_fmt(accuracy):>6s} "
+            "where known")
 
 
 def _fmt(value: float | None) -> str:

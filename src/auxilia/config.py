@@ -23,6 +23,7 @@ from auxilia.config_errors import describe as _describe
 from auxilia.config_errors import suggest as _suggest
 from auxilia.data.config import DataConfig
 from auxilia.method_defaults import apply_method_defaults
+from auxilia.models.scaled import ScaleConfig
 from auxilia.paths import decode_text, regular_file
 from auxilia.recipes import RECIPES, RecipeParams
 from auxilia.run_names import MAX_RUN_NAME, default_run_name
@@ -77,6 +78,23 @@ class ModelConfig(Strict):
     sync_bn: bool = Field(
         default=False, description="with several GPU processes (torchrun), BatchNorm "
         "normalises with the statistics of the whole global batch (SyncBatchNorm)")
+    drop_path: float = Field(
+        default=0.0, ge=0, lt=1, description="stochastic depth (Huang et al. 2016): the last "
+        "residual block's drop rate, linear from 0 over the blocks (timm's drop_path_rate)")
+    scale: ScaleConfig | None = Field(
+        default=None, description="compound scaling (EfficientNet) of a zoo family: {phi: 1, "
+        "alpha: 1.2, beta: 1.1, gamma: 1.15}; the resolution with data.image_size=auto")
+
+    def backbone_options(self) -> dict[str, Any]:
+        """``model.kwargs`` plus ``drop_path`` and ``scale`` where set: what
+        :func:`auxilia.models.registry.create_backbone` takes besides the name (every place that
+        builds this model passes these, so a scaled run's checkpoint rebuilds as trained)."""
+        options = dict(self.kwargs)
+        if self.drop_path:
+            options["drop_path"] = self.drop_path
+        if self.scale is not None:
+            options["scale"] = self.scale
+        return options
 
 
 class OptimConfig(Strict):

@@ -79,6 +79,11 @@ class Slot:
     def build(self, name: str, ctx: SlotContext) -> nn.Module:
         raise NotImplementedError
 
+    def set_mode(self, model: nn.Module) -> None:
+        """Put the slot's ``model`` in its training-time mode (the engine's one call, before
+        training and after every evaluation)."""
+        model.train(self.mode == "train")
+
     def after_step(self, name: str, models: Mapping[str, nn.Module], progress: Progress
                    ) -> None:
         """Called after every committed optimizer step (an EMA update goes here)."""
@@ -136,6 +141,11 @@ class ModuleSlot(Slot):
         return self.model.requires_grad_(False)
 
 
+DROPOUT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+"""The layers an :class:`EMASlot` with ``dropout=False`` keeps in eval mode."""
+
+
 @dataclass(frozen=True)
 class EMASlot(Slot):
     """An exponential moving average of another slot (Mean Teacher, Tarvainen & Valpola 2017).
@@ -154,6 +164,10 @@ class EMASlot(Slot):
     98.9 % and 98.3 % averaged, its student 99.2 % and 98.1 %. ``num_batches_tracked`` is
     copied. Run in ``train`` mode (Mean Teacher), the EMA model normalises its training
     forwards with its batch's statistics; its running ones are the average either way.
+    ``dropout=False`` keeps that train mode but switches its dropout layers (``nn.Dropout*``,
+    :data:`DROPOUT_LAYERS`) to eval: a teacher without dropout noise whose BatchNorm still
+    normalises with batch statistics (Mean Teacher's teacher-dropout ablation; stochastic depth
+    is not dropout and is left as it is).
 
     Args:
         of: the slot averaged (``student`` by default).
@@ -164,6 +178,8 @@ class EMASlot(Slot):
         mode: ``eval`` or ``train`` (Mean Teacher runs its teacher with dropout noise).
         evaluated: evaluated on val/test beside the deployed model at every evaluation.
         buffers: ``average`` or ``copy`` the floating buffers (BatchNorm statistics).
+        dropout: in ``train`` mode, whether its dropout layers drop (False: they run as in
+            eval); unused in ``eval`` mode, where they never do.
     """
 
     of: str = STUDENT
@@ -174,6 +190,14 @@ class EMASlot(Slot):
     mode: Mode = "eval"
     evaluated: bool = True
     buffers: Literal["copy", "average"] = "average"
+    dropout: bool = True
+
+    def set_mode(self, model: nn.Module) -> None:
+        super().set_mode(model)
+        if not self.dropout:
+            for module in model.modules():
+                if isinstance(module, DROPOUT_LAYERS):
+                    module.eval()
 
     @property
     def stateful(self) -> bool:
@@ -241,7 +265,8 @@ class StreamSpec:
     """A named stream of index batches over one split.
 
     Args:
-        split: ``train`` (the labeled split) or ``unlabeled``.
+        split: ``train`` (the labeled split), ``unlabeled``, or ``pseudo`` (unlabeled images
+            a teacher labelled: ``data.pseudo_labels``, Noisy Student).
         keys: the batch-key suffix: views ``x_<keys>``, ``x_<keys>2``, ``x_<keys>_s`` ...,
             labels ``y_<keys>`` (labeled splits only) and indices ``idx_<keys>``.
         ratio: batch size as a multiple of ``data.batch_size`` (FixMatch's μ).
@@ -250,7 +275,7 @@ class StreamSpec:
             (CDS's unlabeled stream at ratio 1 takes FixMatch's μ = 7).
     """
 
-    split: Literal["train", "unlabeled"] = "train"
+    split: Literal["train", "unlabeled", "pseudo"] = "train"
     keys: str = "lb"
     ratio: float = 1.0
     batch_size: int | None = None

@@ -26,6 +26,9 @@ def fmt(value: float | None) -> str:
 def summary_table(summary: dict[str, Any]) -> Table:
     """The final table of a run whose summary selected a checkpoint (``best_val`` is set)."""
     models = summary.get("models") or {}
+    scores = [*summary["best_val"].get("val", {}), *summary["best_val"].get("test", {})]
+    if not any(k.endswith("/top1") for k in scores) and any(k.endswith("_mse") for k in scores):
+        return _dense_table(summary)  # a dense task (maps, not classes): each field's error
     if len(models) < 2:
         table = Table(title=f"{summary['run']}  (selected on val at step "
                             f"{summary['best_val']['step']})")
@@ -78,3 +81,28 @@ def _rows(model: dict[str, Any], exits: list[str]) -> list[list[str]]:
         rows.append([exit_name, fmt(best["val"].get(key)), fmt(best["test"].get(key)),
                      fmt(best["test"].get(f"{exit_name}/top5")), fmt(last.get(f"test/{key}"))])
     return rows
+
+
+def _dense_table(summary: dict[str, Any]) -> Table:
+    """A dense task's table: the mean squared error of every exit's every field, on val and
+    test at the selected checkpoint and on test at the last evaluation."""
+    best, last = summary["best_val"], summary.get("last") or {}
+    table = Table(title=f"{summary['run']}  (selected on val loss at step {best['step']})")
+    for col in ("exit", "field", "val MSE", "test MSE", "last test MSE"):
+        table.add_column(col, justify="left" if col in ("exit", "field") else "right")
+    keys = sorted({k for k in (*best["val"], *best.get("test", {})) if k.endswith("_mse")},
+                  key=lambda k: (_order(summary["exits"], k.split("/")[0]), k))
+    for key in keys:
+        exit_name, field = key.split("/")[0], key.split("/")[1][: -len("_mse")]
+        table.add_row(exit_name, field, *(_mse(d.get(k)) for d, k in (
+            (best["val"], key), (best.get("test", {}), key), (last, f"test/{key}"))))
+    return table
+
+
+def _order(exits: list[str], name: str) -> int:
+    return exits.index(name) if name in exits else len(exits)
+
+
+def _mse(value: float | None) -> str:
+    """An error with four significant digits, ``-`` when absent."""
+    return "-" if value is None else f"{value:.4g}"

@@ -126,6 +126,8 @@ def _reference(name: str, family: str, view: View, x: torch.Tensor) -> torch.Ten
         u = view.augment[1].rgb(u) if u.shape[1] == 3 else view.augment[1].other(u)
     if name == "strong":
         u = _old_randaugment(view.augment.before[1], u)
+    if name == "randaugment":  # Noisy Student's: the strong view without Cutout
+        u = _old_randaugment(view.augment[1], u)
     z = (u - mean) / std
     if name == "cutout":
         z = _old_cutout(z, SIZE // 2, random_size=False)

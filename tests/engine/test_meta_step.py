@@ -32,9 +32,10 @@ def recipe_config(method: str, *extra: str) -> Config:
 
 
 @pytest.fixture(scope="module")
-def digits() -> DatasetSplits:
-    """Digits with 30 labels per class and the rest unlabeled, loaded once."""
-    return build_setup(recipe_config("supervised")).data
+def digits(pseudo_labelled) -> DatasetSplits:
+    """Digits with 30 labels per class and the rest unlabeled (64 of them pseudo-labelled, for
+    Noisy Student), loaded once."""
+    return pseudo_labelled(build_setup(recipe_config("supervised")).data)
 
 
 @pytest.fixture(scope="module")

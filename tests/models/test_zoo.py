@@ -52,7 +52,8 @@ def _check_contract(
 
 
 def test_registry_names() -> None:
-    assert list_models() == sorted(ZOO_NAMES)
+    presets = [f"efficientnet_b{i}" for i in range(8)]  # timm's, listed with the zoo
+    assert list_models() == sorted(ZOO_NAMES + presets)
 
 
 @pytest.mark.parametrize(("name", "in_chans", "size"), FORWARD_CASES)

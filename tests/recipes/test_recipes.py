@@ -62,7 +62,8 @@ COMBINABLE = [pair for pair in PAIRS if pair not in REFUSALS]
 # settings under which every term of a recipe is non-zero on an untrained model's first batch
 # (a 0.95 confidence threshold masks everything out at the start)
 TEST_SETTINGS = {"fixmatch": "threshold: 0.0", "pseudo_label": "threshold: 0.0",
-                 "uda": "threshold: 0.0", "cds": None}
+                 "uda": "threshold: 0.0", "cds": None,
+                 "meta_pseudo_labels": "threshold: 0.0"}
 
 Built = tuple[Setup, dict[str, torch.Tensor], dict]
 
@@ -124,10 +125,11 @@ def trainable(setup: Setup) -> dict[str, MultiExitModel]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> DatasetSplits:
+def digits(pseudo_labelled) -> DatasetSplits:
     """The default data (embedded digits, small_cnn) with 30 labels per class and the rest
-    unlabeled, loaded once for every build here."""
-    return build_setup(_config("supervised", "data.labels_per_class=30")).data
+    unlabeled, loaded once for every build here, 64 unlabeled images pseudo-labelled (Noisy
+    Student's split)."""
+    return pseudo_labelled(build_setup(_config("supervised", "data.labels_per_class=30")).data)
 
 
 def _method(names: tuple[str, ...]) -> str:

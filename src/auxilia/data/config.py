@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from auxilia.strict import Strict
 
@@ -25,6 +25,51 @@ class CsvFiles(Strict):
     image_dir: str | None = Field(
         default=None,
         description="folder the file names are relative to (default: the CSV's folder)")
+
+
+DENSE_AUGMENTS = ("crop", "flip", "rot90")
+"""The joint geometric augmentations of dense data (:mod:`auxilia.data.dense_augment`)."""
+
+
+class DenseFiles(Strict):
+    """Dense targets (maps) read beside the images of a ``folder`` or ``csv`` source, and the
+    geometric augmentations that move an image and its maps together
+    (:mod:`auxilia.data.dense_files`, :mod:`auxilia.data.dense_augment`)."""
+
+    fields: list[str] = Field(
+        default_factory=list,
+        description="the target maps, e.g. [pos, cos, sin, width]: field F of image <stem>.png "
+                    "is <stem>.F.npy (float [H, W] or [C, H, W]) or <stem>.F.png (one channel); "
+                    "a csv source lists them in columns named F")
+    angle_fields: tuple[str, str] | None = Field(
+        default=("cos", "sin"),
+        description="the fields holding cos 2θ and sin 2θ of a grasp angle θ, transformed with "
+                    "the flips and rotations; null: no angle fields")
+    augment: list[Literal["crop", "flip", "rot90"]] = Field(
+        default_factory=lambda: list(DENSE_AUGMENTS),
+        description="joint augmentations of image and maps: crop (zero-padded random crop), "
+                    "flip (horizontal), rot90 (a random multiple of 90°); data.augment=none "
+                    "turns them all off")
+    padding: int | None = Field(
+        default=None, ge=0,
+        description="the random crop's zero padding in pixels (default: the side // 8)")
+
+    @field_validator("fields")
+    @classmethod
+    def _names(cls, fields: list[str]) -> list[str]:
+        bad = [f for f in fields if not f or any(c in f for c in "./\\ ")]
+        if bad or len(set(fields)) != len(fields):
+            raise ValueError(f"data.dense.fields must be distinct names without '.', '/' or "
+                             f"spaces, got {fields}")
+        return fields
+
+    @field_validator("angle_fields")
+    @classmethod
+    def _pair(cls, pair: tuple[str, str] | None) -> tuple[str, str] | None:
+        if pair is not None and pair[0] == pair[1]:
+            raise ValueError(f"data.dense.angle_fields names one field twice ({pair[0]!r}); "
+                             "give the cos 2θ field, then the sin 2θ field")
+        return pair
 
 
 class DataConfig(Strict):
@@ -74,6 +119,11 @@ class DataConfig(Strict):
                     "path is relative to data.root when that is set. Added to the unlabeled "
                     "split; files of the labeled data (data.root, a split or class folder) "
                     "are refused, and images identical to a val/test image dropped")
+    pseudo_labels: str | None = Field(
+        default=None,
+        description="a labelling round's pseudo_labels.npz (Noisy Student): its entries label "
+                    "this run's unlabeled images (looked up by content) and become the "
+                    "'pseudo' split; the file's checksum is part of the data's fingerprint")
     train_subset: int | None = Field(
         default=None, ge=1,
         description="keep this many training samples (stratified), for quick runs")
@@ -90,6 +140,10 @@ class DataConfig(Strict):
         description="an image of val/test identical to a training image (or a test image "
                     "identical to a val one): drop it from val/test, refuse, or keep it")
     csv: CsvFiles | None = None
+    dense: DenseFiles | None = Field(
+        default=None,
+        description="dense targets: maps read beside the images (folder or csv source), "
+                    "augmented with them")
     stl10_unlabeled: bool = Field(
         default=False, description="stl10: also load the 100,000 unlabeled images as `unlabeled`")
     augment: Literal["auto", "none"] = "auto"

@@ -18,7 +18,7 @@ from auxilia.data.types import DatasetSplits, Split
 __all__ = ["VERSION", "describe_changes", "identity", "listing", "same"]
 
 VERSION = 1
-SPLITS = ("train", "val", "test", "unlabeled")
+SPLITS = ("train", "val", "test", "unlabeled", "pseudo")
 _SHOWN = 4
 
 
@@ -29,6 +29,9 @@ def _digest(split: Split) -> str:
     else:  # no keys (a split built by hand): the pixels themselves
         h.update(split.images.numpy().tobytes())
     h.update(split.labels.numpy().tobytes())
+    for name in sorted(split.targets or {}):  # dense maps, a teacher's pseudo-label rows
+        h.update(name.encode())
+        h.update(split.targets[name].float().numpy().tobytes())  # type: ignore[index]
     return h.hexdigest()
 
 
@@ -50,6 +53,7 @@ def identity(data: DatasetSplits, source: str) -> dict[str, Any]:
                           "class_counts": [int((s.labels == c).sum()) for c in range(k)],
                           "digest": _digest(s)}
                    for name, s in _splits(data).items()},
+        **({"pseudo_labels": data.pseudo_record} if data.pseudo_record else {}),
     }
 
 
@@ -66,7 +70,7 @@ def listing(data: DatasetSplits) -> dict[str, list[list[str]]]:
 
 def same(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether two fingerprints describe the same data (statistics compared as stored)."""
-    keys = ("classes", "image_shape", "splits")
+    keys = ("classes", "image_shape", "splits", "pseudo_labels")
     return all(old.get(k) == new.get(k) for k in keys)
 
 

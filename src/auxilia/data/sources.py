@@ -25,12 +25,14 @@ import torch.nn.functional as F
 
 from auxilia.data.carve import labeled_line, official_to_splits
 from auxilia.data.config import DataConfig
+from auxilia.data.dense_files import load_dense
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from auxilia.data.files import decode_images
 from auxilia.data.folders import load_csv, load_folder
 from auxilia.data.host_memory import check_decoded_size
 from auxilia.data.hygiene import clean_raw
 from auxilia.data.identity import identity
+from auxilia.data.pseudo_labels import attach_pseudo_labels
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.splits import small_val_note, stratified_subset
 from auxilia.data.types import DatasetSplits, Split
@@ -242,11 +244,12 @@ def read_source(cfg: DataConfig) -> RawData:
     Raises:
         DataError: unknown source, missing files, undecodable images, fewer than 2 classes.
     """
-    raw = _get_spec(cfg.source).loader(cfg)
+    # a dense task reads its maps beside the folder / csv source's images, one class
+    raw = load_dense(cfg) if cfg.dense is not None else _get_spec(cfg.source).loader(cfg)
     if cfg.grayscale and raw.train.images.shape[1] != 1:
         raise DataError(f"data.grayscale applies to the folder and csv sources, not to "
                         f"{cfg.source!r} (3 channels)")
-    if len(raw.classes) < 2:
+    if len(raw.classes) < 2 and cfg.dense is None:
         raise DataError(f"source {cfg.source!r} has {len(raw.classes)} class "
                         f"({', '.join(raw.classes)}): a classifier needs at least two; "
                         + ("check data.csv.label_column and the training CSV's labels"
@@ -334,6 +337,8 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
                          unlabeled=unlabeled, notes=raw.notes, origins=origins)
+    if cfg.pseudo_labels is not None:
+        data = attach_pseudo_labels(data, cfg.pseudo_labels)
     data.identity = identity(data, cfg.source)
     return data
 

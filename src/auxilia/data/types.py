@@ -144,6 +144,11 @@ class DatasetSplits:
     """The data's fingerprint (:mod:`auxilia.data.identity`), stored with every run."""
     origins: dict[str, str] = field(default_factory=dict)
     """Where each split came from: a folder, a CSV, "carved from train (fraction, seed)"."""
+    pseudo: Split | None = None
+    """Unlabeled images labelled by a teacher (``data.pseudo_labels``, Noisy Student), repeats
+    allowed; their targets in ``targets["pseudo"]``, the teacher's classes as labels."""
+    pseudo_record: dict[str, Any] | None = None
+    """The pseudo-label file's sha256 and its teacher's: part of the data's fingerprint."""
 
     @property
     def num_classes(self) -> int:

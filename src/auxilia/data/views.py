@@ -325,6 +325,13 @@ def _strong(family: str, image_size: int) -> Staged:
                   Cutout(max(1, image_size // 2), random_size=True))
 
 
+def _randaugment(family: str, image_size: int) -> nn.Module:
+    """Factory of the ``randaugment`` view (Noisy Student's input noise, Xie et al. 2020): the
+    weak view's translations and flips, then :class:`~auxilia.data.randaugment.RandAugment`
+    with two operations per sample, magnitudes drawn per sample (no Cutout)."""
+    return nn.Sequential(_weak(family, image_size), RandAugment(n_ops=2))
+
+
 NOISE_STD = 0.15
 """Mean Teacher's input noise, in normalised units."""
 
@@ -342,6 +349,7 @@ VIEWS: dict[str, ViewFactory] = {
     "cutout": _cutout,
     "color": _color,
     "strong": _strong,
+    "randaugment": _randaugment,
     "noisy": _noisy,
 }
 """Registry of views: name → ``factory(family, image_size)``."""

@@ -42,6 +42,7 @@ from auxilia.data.raw import DataError
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.device import pick_device
 from auxilia.models.pretrained import gpu_pretrained_choice, pretrained_input_size
+from auxilia.models.scaled import preset_for
 from auxilia.run_names import default_run_name
 
 __all__ = ["AUTO", "choose", "native_shape", "resolve", "resolve_auto", "resolve_for"]
@@ -132,24 +133,47 @@ def resolve_auto(config: Config, gpu: bool, shape: tuple[int, int, bool] | None 
         return _with(config, "small_cnn" if model_auto else config.model.name,
                      "native" if size_auto else config.data.image_size), None
     channels, side, differ = shape
-    if model_auto and size_auto and gpu and (pick := gpu_pretrained_choice(channels, side)):
+    scale = config.model.scale  # a scaled zoo model is never swapped for a timm one
+    if model_auto and size_auto and gpu and scale is None and (
+            pick := gpu_pretrained_choice(channels, side)):
         return _with(config, pick.name, pick.size, pretrained=True), pick.reason
+    note = ""
     if size_auto:
         name, size = choose(channels, side, gpu, size_given=False)
         if size is None and differ:
             size = side  # one size is needed to stack them: the median side
-        trained_at = None if model_auto or not config.model.pretrained else \
-            pretrained_input_size(config.model.name)
-        size = trained_at or size  # pretrained weights are fine-tuned at their own size
+        size, note = _model_size(config, model_auto, size, side)
     else:  # a named size (or native) picks the model
         size = config.data.size
         name, _ = choose(channels, size or side, gpu, size_given=True)
-        trained_at = None
     name = name if model_auto else config.model.name
     line = _line(name, size, shape, gpu, model_auto, size_auto)
-    if trained_at:
-        line = line.replace(f" at {size}x{size} ", f" at {size}x{size} (its pretraining size) ")
+    if note:
+        line = line.replace(f" at {size}x{size} ", f" at {size}x{size} ({note}) ")
     return _with(config, name, size if size is not None else "native"), line
+
+
+def _model_size(config: Config, model_auto: bool, size: int | None, side: int
+                ) -> tuple[int | None, str]:
+    """The automatic input size once the model has its say: a pretrained timm model's
+    pretraining size, an EfficientNet preset's published side (``B_TABLE``), then
+    ``model.scale``'s ``gamma**phi`` on the result (native images: on their side).
+
+    Returns:
+        ``(size or None for native, a note for the auto line or "")``.
+    """
+    named = None if model_auto else config.model.name
+    note = ""
+    if named and config.model.pretrained and (trained_at := pretrained_input_size(named)):
+        size, note = trained_at, "its pretraining size"  # fine-tuned at their own size
+    elif named and (preset := preset_for(named)):
+        size, note = preset.resolution, "its published resolution"
+    scale = config.model.scale
+    if scale is not None and scale.multipliers().resolution != 1:  # gamma**phi on that size
+        size = scale.resolution(size or side)
+        note = f"model.scale: x{scale.multipliers().resolution:.3g}" + (
+            f" on {note}" if note else "")
+    return size, note
 
 
 def _line(name: str, size: int | None, shape: tuple[int, int, bool], gpu: bool,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from auxilia.config import SEED_MAX
+from auxilia.data.dense_augment import joint_augmentation
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import Split
 from auxilia.data.view_shards import Shard
@@ -116,8 +117,10 @@ def build_streams(setup: Setup) -> dict[str, IndexStream]:
 def _stream_split(setup: Setup, name: str, spec: StreamSpec) -> Split:
     split = getattr(setup.data, spec.split, None)
     if split is None or not len(split):
+        gives = ("data.pseudo_labels=<a labelling round's pseudo_labels.npz>"
+                 if spec.split == "pseudo" else "data.unlabeled")
         raise ValueError(f"stream {name!r} reads the {spec.split!r} split, which this dataset "
-                         "does not have (data.unlabeled gives one)")
+                         f"does not have ({gives} gives one)")
     return split
 
 
@@ -154,8 +157,13 @@ def make_batch(setup: Setup, indices: Mapping[str, torch.Tensor] | torch.Tensor,
         raw[name] = split.images[idx].to(device, non_blocking=True)
         if split.labels is not None and spec.split != "unlabeled":
             batch[f"y_{spec.keys}"] = split.labels[idx].to(device, non_blocking=True)
-        for field, target in (split.targets or {}).items():
-            batch[f"target_{spec.keys}_{field}"] = target[idx].to(device, non_blocking=True)
+        targets = {f: t[idx].to(device, non_blocking=True) for f, t in
+                   (split.targets or {}).items()}
+        joint = joint_augmentation(cfg.data, list(targets), raw[name].shape[-1])
+        if targets and joint is not None:  # image and maps move together (data.dense)
+            with seeded(derive_seed(cfg.seed, "dense", spec.keys, step)):  # drawn on the CPU
+                raw[name], targets = joint(raw[name], targets, shards[name])
+        batch.update({f"target_{spec.keys}_{f}": t for f, t in targets.items()})
         batch[f"idx_{spec.keys}"] = idx.to(device, non_blocking=True)
     for key, view in setup.train_views.items():
         stream = view_stream(key, streams)

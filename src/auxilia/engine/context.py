@@ -104,7 +104,7 @@ class RunContext:
         """Student in train mode, every other slot in the mode it asks for."""
         self.student.train()
         for name, slot in self.slots.items():
-            self.models[name].train(slot.mode == "train")
+            slot.set_mode(self.models[name])
 
 
 class _SlotBuilder:
@@ -119,9 +119,9 @@ class _SlotBuilder:
         channels, height, _ = data.image_shape
         seed = derive_seed(cfg.seed, "slot", slot)
         with seeded(derive_seed(seed, "backbone")):
+            options = cfg.model.backbone_options() if architecture is None else {}
             backbone = create_backbone(architecture or cfg.model.name, in_chans=channels,
-                                       image_size=height, weights=weights,
-                                       **(cfg.model.kwargs if architecture is None else {}))
+                                       image_size=height, weights=weights, **options)
         model = MultiExitModel(backbone, data.num_classes, drop_rate=cfg.model.drop_rate,
                                init_seed=seed)
         if weights is not None:

@@ -140,6 +140,20 @@ def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, thresh
     return metrics
 
 
+@torch.no_grad()
+def probabilities(model: nn.Module, split: Split, view: nn.Module, temperature: float = 1.0, *,
+                  batch_size: int, device: torch.device, amp: bool = False,
+                  amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
+                  ) -> torch.Tensor:
+    """``softmax(logits / T)`` of the main exit over ``split``, in eval mode, in order:
+    ``[N, K]`` float32 on the CPU (a teacher labelling unlabeled images, Noisy Student)."""
+    rows_out = []
+    for _rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
+                                 channels_last):
+        rows_out.append((outs["final"]["logits"].float() / temperature).softmax(1).cpu())
+    return torch.cat(rows_out) if rows_out else torch.zeros(0, 0)
+
+
 @dataclass(frozen=True)
 class Evaluator:
     """A run's evaluation settings, bound once: the eval view, the batch size, the device and
@@ -166,3 +180,10 @@ class Evaluator:
                                     batch_size=self.batch_size, device=self.device,
                                     amp=self.amp, amp_dtype=self.amp_dtype,
                                     channels_last=self.channels_last)
+
+    def probabilities(self, model: nn.Module, split: Split, temperature: float = 1.0
+                      ) -> torch.Tensor:
+        """:func:`probabilities` of ``model`` on ``split``."""
+        return probabilities(model, split, self.view, temperature, batch_size=self.batch_size,
+                             device=self.device, amp=self.amp, amp_dtype=self.amp_dtype,
+                             channels_last=self.channels_last)

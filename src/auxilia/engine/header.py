@@ -16,6 +16,7 @@ from auxilia.engine.context import RunContext
 from auxilia.engine.selection import eval_every
 from auxilia.engine.setup import Setup
 from auxilia.method_defaults import applied_method_defaults
+from auxilia.models.scaled import scale_note
 
 __all__ = ["Header", "HeaderDedup", "data_lines", "model_line", "run_header"]
 
@@ -65,7 +66,7 @@ def model_line(setup: Setup) -> str:
     methods = " + ".join(m.name for m in config.method)
     return (f"model: {config.model.name}{pretrained} at {side}x{side}, {deployed:,} parameters"
             + (f" deployed ({total:,} in training)" if total != deployed else "")
-            + f"; method {methods}")
+            + f"; method {methods}" + scale_note(config.model.scale, model.backbone, side))
 
 
 def _budget_line(run: RunContext) -> str:

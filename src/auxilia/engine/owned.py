@@ -37,7 +37,7 @@ from auxilia.engine.runfolder import (
 __all__ = ["MARKERS", "OwnedFolder", "check_not_in_busy_folder", "enclosing_run", "folder_kind"]
 
 MARKERS = {"run": MARKER, "sweep": ".auxilia-sweep", "pipeline": ".auxilia-pipeline",
-           "report": ".auxilia-report"}
+           "report": ".auxilia-report", "labels": ".auxilia-labels"}
 """The marker file of each kind of folder auxilia creates."""
 
 
@@ -179,14 +179,16 @@ class OwnedFolder:
 
     def _check_not_nested(self) -> None:
         """Sweeps and pipelines never lie inside one another; a report may sit directly in a
-        sweep folder (its ``results/``), nowhere deeper in a sweep or in a pipeline."""
+        sweep folder (its ``results/``), a labelling round's folder directly in a pipeline
+        folder, nowhere deeper."""
         outer = _enclosing(self.path, ("sweep", "pipeline"))
         if outer is None:
             return
         kind, folder = outer
         here = Path(os.path.realpath(self.path.expanduser()))
-        if self.kind == "report" and kind == "sweep" and here.parent == folder:
-            return
+        if here.parent == folder and (self.kind, kind) in (("report", "sweep"),
+                                                           ("labels", "pipeline")):
+            return  # a sweep's report, a pipeline's labelling round
         raise RunFolderError(f"{self.what} {self.path} would be inside the {kind} folder "
                              f"{folder}, among the runs it owns; {self.hint}")
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from auxilia.config import Config, parse_config
+from auxilia.data.pseudo_labels import PSEUDO_FIELD
 from auxilia.data.raw import DataError
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits, Split
@@ -54,15 +55,20 @@ def load_run(path: str | Path, which: str = "best", device: str | None = None,
         notes.append(note)
     if data_root is not None:
         raw["data"]["root"] = str(data_root)
-    unread = _unlabeled_count(checkpoint) if raw["data"].get("unlabeled") else None
-    if unread is not None:  # never evaluated or exported: the folder may be gone since
+    # never evaluated or exported: the unlabeled folder and the pseudo-label file may be gone
+    unread = _split_count(checkpoint, "unlabeled") if raw["data"].get("unlabeled") else None
+    if unread is not None:
         raw["data"]["unlabeled"] = None
+    unread_pseudo = (_split_count(checkpoint, "pseudo") if raw["data"].get("pseudo_labels")
+                     else None)
+    if unread_pseudo is not None:
+        raw["data"]["pseudo_labels"] = None
     config = parse_config(raw)
     data = _load_data(config, data_root)
     stored = checkpoint.get("data")
-    if unread is not None:  # only the labeled splits are checked, as only they were read
+    if unread is not None or unread_pseudo is not None:  # only what was read is checked
         stored, data.identity = labeled_only(stored), labeled_only(data.identity)
-        _stand_in_unlabeled(data, unread)
+        _stand_in_unlabeled(data, unread or 0, unread_pseudo or 0)
     check_same_data({**checkpoint, "data": stored}, data, run_folder_of_checkpoint(ckpt_path),
                     "load this run")
     setup = build_setup(config, data, training=False)  # no training step: no step check
@@ -81,30 +87,35 @@ def _load_data(config: Config, data_root: str | Path | None) -> DatasetSplits:
                         "--data-root)") from None
 
 
-def _unlabeled_count(checkpoint: dict[str, Any]) -> int | None:
-    """The size of the run's unlabeled split by its data fingerprint (None: no fingerprint)."""
+def _split_count(checkpoint: dict[str, Any], split: str) -> int | None:
+    """The size of one of the run's splits by its data fingerprint (None: no fingerprint)."""
     stored = checkpoint.get("data")
     if not isinstance(stored, dict) or not isinstance(stored.get("splits"), dict):
         return None
-    return int((stored["splits"].get("unlabeled") or {}).get("count", 0))
+    return int((stored["splits"].get(split) or {}).get("count", 0))
 
 
-def _stand_in_unlabeled(data: DatasetSplits, count: int) -> None:
-    """Blank images for the unlabeled split not read, as many as the run had: a
-    semi-supervised method's build counts them (and refuses none); nothing reads them."""
-    if data.unlabeled is not None or count <= 0:
-        return  # labels hidden in train still make an unlabeled split
+def _stand_in_unlabeled(data: DatasetSplits, count: int, pseudo: int = 0) -> None:
+    """Blank images for the unlabeled (and pseudo-labelled) splits not read, as many as the
+    run had: a semi-supervised method's build counts them (and refuses none); nothing reads
+    them."""
     c, h, w = data.image_shape
-    blank = torch.zeros((1, c, h, w), dtype=torch.uint8).expand(count, c, h, w)
-    data.unlabeled = Split(images=blank, labels=torch.full((count,), -1, dtype=torch.long))
+    if data.unlabeled is None and count > 0:  # labels hidden in train still make one
+        blank = torch.zeros((1, c, h, w), dtype=torch.uint8).expand(count, c, h, w)
+        data.unlabeled = Split(images=blank, labels=torch.full((count,), -1, dtype=torch.long))
+    if pseudo > 0:
+        blank = torch.zeros((1, c, h, w), dtype=torch.uint8).expand(pseudo, c, h, w)
+        data.pseudo = Split(blank, torch.zeros(pseudo, dtype=torch.long),
+                            targets={PSEUDO_FIELD: torch.zeros(pseudo, data.num_classes)})
 
 
 def labeled_only(fingerprint: Any) -> Any:
-    """A data fingerprint without its ``unlabeled`` split (train, val and test are kept)."""
+    """A data fingerprint without its ``unlabeled`` and ``pseudo`` splits and pseudo-label
+    record (train, val and test are kept)."""
     if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("splits"), dict):
         return fingerprint
-    splits = {k: v for k, v in fingerprint["splits"].items() if k != "unlabeled"}
-    return {**fingerprint, "splits": splits}
+    splits = {k: v for k, v in fingerprint["splits"].items() if k not in ("unlabeled", "pseudo")}
+    return {**{k: v for k, v in fingerprint.items() if k != "pseudo_labels"}, "splits": splits}
 
 
 def evaluate_run(path: str | Path, which: str = "best", splits: tuple[str, ...] = ("val", "test")

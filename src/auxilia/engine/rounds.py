@@ -23,14 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
-
 from auxilia.config import Config, ConfigError, apply_override, parse_config
 from auxilia.config import read_yaml as _read_yaml
-from auxilia.config_errors import describe, repeated_override, suggest
+from auxilia.engine.labelling import (
+    LabelSettings,
+    check_label_folder,
+    label_status,
+    read_record,
+    run_labelling,
+)
 from auxilia.engine.loop import Callback
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.pipefolder import PipelineRecord, check_round_folder, pipeline_owner
+from auxilia.engine.pipeline_file import Pipeline, Round, load_pipeline
 from auxilia.engine.round_refs import RoundsError, check_names, expand
 from auxilia.engine.run import RunResult, train
 from auxilia.engine.runfolder import RunFolder
@@ -43,8 +48,6 @@ from auxilia.engine.runstatus import (
 )
 from auxilia.engine.signals import Interrupted, StopFlag
 from auxilia.method_defaults import user_settings
-from auxilia.paths import regular_file
-from auxilia.strict import Strict
 
 __all__ = ["Pipeline", "PlannedRound", "Round", "RoundFailedError", "RoundResult", "RoundsError",
            "config_differences", "folder_status", "load_pipeline", "plan_pipeline",
@@ -55,31 +58,6 @@ _DOING = {"trained": "training in", "resumed": "resuming", "skipped": "finished,
 class RoundFailedError(RuntimeError):
     """A round failed while training; the message names the pipeline, the round and its
     folder, and the round's own error is the ``__cause__``."""
-
-
-@dataclass(frozen=True)
-class Round:
-    """One run of a pipeline: its name (also its run folder's) and its overrides."""
-
-    name: str
-    overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """Rounds trained in order from one base config.
-
-    Attributes:
-        name: the folder under ``run.dir`` that holds the rounds' run folders.
-        base: a YAML config file, a :class:`Config`, or None for the defaults.
-        rounds: the rounds, in the order they train.
-        overrides: ``key=value`` items applied to every round, before the round's own.
-    """
-
-    name: str
-    base: str | Path | Config | None
-    rounds: tuple[Round, ...]
-    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,73 +96,6 @@ class RoundResult:
         return None if value is None else float(value)
 
 
-# --------------------------------------------------------------------------- the file
-
-
-class _RoundFile(Strict):
-    name: str
-    overrides: list[str] = Field(default_factory=list)
-
-
-class _PipelineFile(Strict):
-    name: str
-    base: str | None = Field(default=None, description="relative to the pipeline file")
-    overrides: list[str] = Field(default_factory=list)
-    rounds: list[_RoundFile] = Field(min_length=1)
-
-
-def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
-    """Read a pipeline file; ``overrides`` (the command line's) apply last, to every round.
-
-    The file holds ``name``, ``base`` (a config file, relative to the pipeline file),
-    ``overrides`` (for every round) and ``rounds`` (a list of ``{name, overrides}``).
-
-    Raises:
-        ConfigError: the file is missing, unreadable or not YAML (a :class:`RoundsError`
-            when it holds unknown keys or wrong types, each on its own line with the valid
-            keys, or a name is not valid).
-    """
-    path = regular_file(path, "pipeline file", RoundsError)  # named as such when missing
-    raw = _read_yaml(path)
-    if "variants" in raw and "rounds" not in raw:
-        raise RoundsError(f"{path} is a sweep file (it has variants), not a pipeline file: run "
-                          f"it with auxilia compare {path}")
-    if "rounds" not in raw and set(raw) & set(Config.model_fields):
-        raise RoundsError(f"{path} is a training config, not a pipeline file (it has no "
-                          f"rounds): train it with auxilia train {path}")
-    try:
-        spec = _PipelineFile.model_validate(raw)
-    except ValidationError as err:
-        raise RoundsError(f"{path}: invalid pipeline:\n  "
-                          + "\n  ".join(_describe_file(err))) from None
-    base = None
-    if spec.base is not None:
-        base = Path(spec.base).expanduser()
-        base = base if base.is_absolute() else path.parent / base
-    for where, items in [("overrides", spec.overrides),
-                         *((f"round {r.name!r} overrides", r.overrides) for r in spec.rounds)]:
-        repeated = repeated_override(items)
-        if repeated:
-            raise RoundsError(f"{path}: {where}: {repeated}")
-    rounds = tuple(Round(r.name, (*r.overrides, *overrides)) for r in spec.rounds)
-    pipeline = Pipeline(spec.name, base, rounds, tuple(spec.overrides))
-    check_names(pipeline.name, [r.name for r in pipeline.rounds])
-    return pipeline
-
-
-def _describe_file(err: ValidationError) -> list[str]:
-    """One line per problem; describe() alone finds no valid keys inside a list's items."""
-    lines = []
-    for line, e in zip(describe(err, _PipelineFile), err.errors(), strict=True):
-        loc = e["loc"]
-        if e["type"] == "extra_forbidden" and len(loc) == 3 and loc[0] == "rounds":
-            valid = list(_RoundFile.model_fields)
-            line = (f"rounds[{loc[1]}].{loc[2]}: unknown key{suggest(str(loc[2]), valid)}; "
-                    f"valid keys here: {', '.join(valid)}")
-        lines.append(line)
-    return lines
-
-
 # --------------------------------------------------------------------------- the plan
 
 
@@ -210,7 +121,9 @@ def plan_pipeline(pipeline: Pipeline) -> list[PlannedRound]:
         config = _round_config(pipeline.name, rnd, raw, items)
         folder = RunFolder(Path(config.run.dir) / config.run_name())
         folders[rnd.name] = folder.path
-        plans.append(PlannedRound(rnd, config, folder, uses, folder_status(config, folder)))
+        status = (label_status(config, rnd.label, folder.path) if rnd.label is not None
+                  else folder_status(config, folder))
+        plans.append(PlannedRound(rnd, config, folder, uses, status))
     for plan in plans:
         _check_existing(plan, {p.round.name: p for p in plans})
     return plans
@@ -305,7 +218,9 @@ def _checked(pipeline: Pipeline, callbacks: Mapping[str, Sequence[Callback]] | N
     for owner in owners:
         owner.check()
     for plan in plans:
-        problem = check_round_folder(plan.round.name, plan.folder, plan.status)
+        problem = (check_label_folder(plan.round.name, plan.folder.path)
+                   if plan.round.kind == "label"
+                   else check_round_folder(plan.round.name, plan.folder, plan.status))
         if problem:
             raise RoundsError(problem)
     return owners
@@ -335,7 +250,9 @@ def _run_rounds(name: str, plans: Sequence[PlannedRound],
         for i, plan in enumerate(plans):
             stop.check()  # a signal between rounds (or as one wrote its summary) ends it here
             if plan.config.run.progress != "off":
-                print(f"round {i + 1}/{len(plans)} {plan.round.name}: {_DOING[plan.status]} "
+                doing = ("labelling into" if plan.round.kind == "label"
+                         and plan.status != "skipped" else _DOING[plan.status])
+                print(f"round {i + 1}/{len(plans)} {plan.round.name}: {doing} "
                       f"{plan.folder.path}", flush=True)
             if plan.status != "skipped":
                 mark(i, "running")
@@ -375,9 +292,19 @@ def _refuse_existing(name: str, plans: Sequence[PlannedRound]) -> None:
 
 def _run_round(plan: PlannedRound, callbacks: Sequence[Callback]) -> RoundResult:
     name = plan.round.name
+    if plan.round.label is not None:
+        return _label_round(plan, plan.round.label)
     if plan.status == "skipped":
         return RoundResult(name, "skipped", plan.folder.path, read_summary(plan.folder))
     result = train(plan.config, resume=plan.status == "resumed",
                    overwrite=replaces_failed_start(plan.status, plan.folder),
                    callbacks=callbacks)
     return RoundResult(name, plan.status, result.run_dir, result.summary, result)
+
+
+def _label_round(plan: PlannedRound, settings: LabelSettings) -> RoundResult:
+    folder = plan.folder.path
+    if plan.status == "skipped":
+        return RoundResult(plan.round.name, "skipped", folder, read_record(folder))
+    result = run_labelling(plan.config, settings, folder)
+    return RoundResult(plan.round.name, "trained", folder, result.record)

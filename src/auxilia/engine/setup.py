@@ -103,6 +103,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
                         stage_strides=dict(backbone.stage_strides), num_classes=data.num_classes,
                         num_train=len(data.train), image_shape=data.image_shape,
                         num_unlabeled=len(data.unlabeled) if data.unlabeled is not None else 0,
+                        num_pseudo=len(data.pseudo) if data.pseudo is not None else 0,
                         seed=config.seed, teacher=loaded,
                         targets={k: tuple(v.shape[1:]) for k, v in
                                  (data.train.targets or {}).items()} or None)
@@ -128,7 +129,7 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
     if mcfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     torch.manual_seed(derive_seed(config.seed, "train"))  # dropout & co., whatever was built
-    return Setup(config, device, data, model, objective, views, _view("eval", data, device),
+    return Setup(config, device, data, model, objective, views, eval_view(data, device),
                  unlabeled_monitor(data, config.data.split_seed))
 
 
@@ -165,13 +166,19 @@ def _backbone(config: Config, data: DatasetSplits) -> Backbone:
     mcfg = config.model
     with seeded(derive_seed(config.seed, "backbone")):
         return create_backbone(mcfg.name, in_chans=channels, image_size=height,
-                               pretrained=mcfg.pretrained, weights=mcfg.weights, **mcfg.kwargs)
+                               pretrained=mcfg.pretrained, weights=mcfg.weights,
+                               **mcfg.backbone_options())
 
 
 def _view(name: str, data: DatasetSplits, device: torch.device, augment: str = "auto"
           ) -> nn.Module:
     size = data.image_shape[1]
     return build_view(name, data.family, data.mean, data.std, size, augment).to(device)
+
+
+def eval_view(data: DatasetSplits, device: torch.device) -> nn.Module:
+    """The view every evaluation of ``data`` reads its images through (no augmentation)."""
+    return _view("eval", data, device)
 
 
 def _views(config: Config, data: DatasetSplits, objective: Objective, device: torch.device

@@ -101,7 +101,7 @@ def _from_run(cfg: TeacherConfig, data: DatasetSplits, device: torch.device) -> 
     classes = len(ident.get("classes") or data.classes)
     with torch.random.fork_rng(devices=[]):  # the teacher's build never moves the run's RNG
         backbone = create_backbone(tconf.model.name, in_chans=int(shape[0]),
-                                   image_size=int(shape[1]), **tconf.model.kwargs)
+                                   image_size=int(shape[1]), **tconf.model.backbone_options())
         model = MultiExitModel(backbone, classes, _run_heads(tconf, backbone, classes, ident))
     state = checkpoint["model"]
     if not model.head_specs:  # heads not rebuilt (see _run_heads): backbone + classifier

@@ -12,6 +12,7 @@ Weights are loaded into built models here too (:func:`load_backbone_weights`,
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +21,8 @@ from typing import Any
 from torch import nn
 
 from auxilia.models.backbone import Backbone
+from auxilia.models.scaled import ScaleConfig, preset_for, preset_names
+from auxilia.models.stochastic_depth import check_drop_path
 from auxilia.models.weights import load_run_classifier, read_state_dict
 from auxilia.models.zoo import (
     cifar_resnet,
@@ -55,12 +58,24 @@ MODELS: dict[str, Callable[..., Backbone]] = _merge(_ZOO_MODULES)
 
 
 def list_models() -> list[str]:
-    """Names of our zoo models, sorted.
+    """Names of our zoo models and of the EfficientNet presets, sorted.
 
     Any timm architecture also works as ``"timm/<name>"`` (see ``timm.list_models()``); those are
     not listed here.
     """
-    return sorted(MODELS)
+    return sorted([*MODELS, *preset_names()])
+
+
+def _takes(option: str) -> list[str]:
+    """The zoo models whose factory takes ``option`` (``drop_path``, ``scale``)."""
+    return sorted(name for name, factory in MODELS.items()
+                  if option in inspect.signature(factory).parameters)
+
+
+def _refuse(name: str, option: str, why: str) -> ValueError:
+    """The error for an option ``name`` cannot take, listing the models that can."""
+    return ValueError(f"model.{option} does not apply to {name!r}: {why}; leave model.{option} "
+                      f"unset, or use one of {', '.join(_takes(option))}")
 
 
 def _unknown(name: str) -> ValueError:
@@ -137,6 +152,8 @@ def create_backbone(
     image_size: int = 32,
     pretrained: bool = False,
     weights: str | Path | None = None,
+    drop_path: float = 0.0,
+    scale: ScaleConfig | None = None,
     **kwargs: Any,
 ) -> Backbone:
     """Build a backbone by name.
@@ -151,22 +168,47 @@ def create_backbone(
         weights: local state_dict file (``.pth``, ``.pt``, ``.safetensors``), or a run's
             checkpoint (its backbone part). Loaded strictly into zoo models, non-strictly
             (classifier keys aside) into timm models.
-        **kwargs: model options, e.g. ``dropout=0.3`` for WRNs, ``drop_path_rate`` for timm.
+        drop_path: stochastic depth (Huang et al. 2016) of the last residual block, linear over
+            the blocks (:mod:`auxilia.models.stochastic_depth`); timm's ``drop_path_rate``.
+        scale: compound scaling of a zoo family's depth and width (:mod:`auxilia.models.scaled`;
+            the resolution is the data's, scaled where ``data.image_size=auto`` is resolved).
+        **kwargs: model options, e.g. ``dropout=0.3`` for WRNs, ``drop_rate`` for timm.
 
     Returns:
         The backbone, in training mode.
 
     Raises:
-        ValueError: unknown name (with the closest valid ones), ``pretrained`` on a zoo model, or
-            weights that do not fit.
+        ValueError: unknown name (with the closest valid ones), ``pretrained`` on a zoo model,
+            weights that do not fit, ``drop_path`` on a model without residual blocks, or
+            ``scale`` on a family that cannot scale.
     """
-    if name.startswith(TIMM_PREFIX):
+    check_drop_path(drop_path)
+    preset = preset_for(name)
+    if name.startswith(TIMM_PREFIX) or preset is not None:
+        if scale is not None:
+            raise _refuse(name, "scale", "a timm model scales by its own name (the published "
+                          f"rows are {preset_names()[0]} .. {preset_names()[-1]})")
+        if drop_path and "drop_path_rate" in kwargs:
+            raise ValueError("model.drop_path and model.kwargs.drop_path_rate both set the "
+                             "stochastic depth; keep model.drop_path only")
+        if drop_path:
+            kwargs["drop_path_rate"] = drop_path  # timm: linear over its blocks, as ours
         from auxilia.models.timm_backbone import TimmBackbone  # timm costs 2 s to import
 
-        return TimmBackbone(name, in_chans=in_chans, image_size=image_size,
+        timm_name = preset.timm_name if preset is not None else name
+        return TimmBackbone(timm_name, in_chans=in_chans, image_size=image_size,
                             pretrained=pretrained, weights=weights, **kwargs)
     if name not in MODELS:
         raise _unknown(name)
+    takes = inspect.signature(MODELS[name]).parameters
+    if drop_path:
+        if "drop_path" not in takes:
+            raise _refuse(name, "drop_path", "it has no residual blocks to drop")
+        kwargs["drop_path"] = drop_path
+    if scale is not None:
+        if "scale" not in takes:
+            raise _refuse(name, "scale", "its family has no block repeats and widths to scale")
+        kwargs["scale"] = scale.multipliers()
     if pretrained:
         raise ValueError(
             f"no pretrained weights are shipped for {name!r}; pass weights='path/to/state_dict' "

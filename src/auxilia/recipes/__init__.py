@@ -11,6 +11,8 @@ from auxilia.recipes import (
     contrastive,
     dense,
     distillation,
+    meta_pseudo_labels,
+    noisy_student,
     self_distillation,
     semi,
     supervision,
@@ -20,7 +22,8 @@ from auxilia.terms import Objective
 
 RECIPES: dict[str, Recipe[Any]] = {**supervision.RECIPES, **contrastive.RECIPES,
                                **self_distillation.RECIPES, **distillation.RECIPES,
-                               **dense.RECIPES, **semi.RECIPES}
+                               **dense.RECIPES, **semi.RECIPES, **noisy_student.RECIPES,
+                               **meta_pseudo_labels.RECIPES}
 
 
 def build_objective(methods: Sequence[RecipeParams], ctx: RecipeContext) -> Objective:

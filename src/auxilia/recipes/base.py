@@ -32,6 +32,7 @@ class RecipeContext:
     num_classes: int
     num_train: int = 0  # labeled training samples: the size of per-sample banks
     num_unlabeled: int = 0  # unlabeled samples (the unlabeled stream's banks)
+    num_pseudo: int = 0  # pseudo-labelled entries (data.pseudo_labels, Noisy Student)
     image_shape: tuple[int, int, int] = (3, 32, 32)  # the student's input (C, H, W)
     seed: int = 0  # the run's seed: terms with parameters initialise from streams of it
     teacher: LoadedTeacher | None = None  # the configured teacher, built before the objective

@@ -19,7 +19,9 @@ class DenseParams(RecipeParams):
     """MSE of each output map against its target (``Split.targets``) at ``task_weight`` ×
     the field's weight, optionally an auxiliary head's at ``aux_weight`` times that, and the
     teacher's maps as additional targets at ``distill_weight`` × the field's weight. Views
-    are unaugmented: a crop or flip would move the image and not its target maps."""
+    are unaugmented: a crop or flip of the image alone would leave its maps behind; the
+    geometric augmentations of ``data.dense`` move image and maps together
+    (:mod:`auxilia.data.dense_augment`)."""
 
     name: Literal["dense"] = "dense"
     exit: str | None = Field(default=None, description="default: the last stage")
@@ -35,7 +37,8 @@ class DenseParams(RecipeParams):
 def dense(params: DenseParams, ctx: RecipeContext) -> Objective:
     if not ctx.targets:
         raise ValueError("dense needs dense targets: training splits whose Split.targets hold "
-                         "{field: float [N, C, H, W]} (passed to auxilia.engine.train(data=...))")
+                         "{field: float [N, C, H, W]}: set data.dense.fields to read maps "
+                         "beside the images, or pass them to auxilia.engine.train(data=...)")
     exit_name = params.exit or ctx.stages[-1]
     check_exits("dense.exit", [exit_name], ctx, final_ok=False)
     unknown = sorted(set(params.weights) - set(ctx.targets))

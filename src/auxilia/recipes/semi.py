@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from auxilia.parts import EMASlot, StreamSpec
 from auxilia.recipes.base import Recipe, RecipeContext, RecipeParams, ce_terms
@@ -27,6 +27,7 @@ from auxilia.terms import (
     Ramp,
     Ref,
     SoftmaxConsistency,
+    SoftmaxKLConsistency,
     TemporalEnsemble,
     Term,
     TSACrossEntropy,
@@ -144,8 +145,21 @@ class MeanTeacherParams(SemiParams):
     (decay min(1 − 1/(t+1), α), α = 0.99 during the ramp-up and 0.999 after), run in train mode
     (dropout) on its own noisy view; softmax MSE between student and teacher on every sample
     (labeled and unlabeled), λ_u up to ``weight`` with exp(−5(1 − t)²). Noise: translations
-    (+ flips on natural images) and Gaussian input noise σ = 0.15 (``noise: false`` uses
-    unaugmented views). The EMA model is deployed."""
+    (+ flips on natural images) and Gaussian input noise σ = 0.15. The EMA model is deployed.
+
+    The paper's ablation (§3.2, figure 4) as options:
+
+    * ``consistency``: ``mse`` (softmax MSE, the paper's choice) or ``kl``:
+      2(1 − 1/C)/C² · KL(teacher ‖ student) per sample (the authors' scaling, τ = 1).
+    * ``teacher_dropout``: false runs the teacher's dropout layers as in eval (no dropout
+      noise) while its BatchNorm keeps normalising with batch statistics; the student's
+      dropout is unchanged.
+    * ``input_noise``: false drops the Gaussian input noise of both models and keeps the
+      augmentation (the ``weak`` view instead of ``noisy``).
+    * ``noise``: false drops all input noise, augmentation included (unaugmented views).
+    * ``ema_decay``: α; 0 makes the teacher the student of the step (a Π-model whose second
+      pass is the teacher's), so set ``rampup_decay`` too (it is used during the ramp-up).
+    """
 
     name: Literal["mean_teacher"] = "mean_teacher"
     TITLE: ClassVar[str] = "Mean Teacher"
@@ -154,7 +168,31 @@ class MeanTeacherParams(SemiParams):
     rampup: float = Field(default=0.3, ge=0, le=1)
     ema_decay: float | None = Field(default=0.999, ge=0, lt=1)
     rampup_decay: float = Field(default=0.99, ge=0, lt=1)
-    noise: bool = True
+    noise: bool = Field(default=True, description="false: no augmentation, no input noise")
+    input_noise: bool = Field(default=True, description="Gaussian input noise σ 0.15 on "
+                                                        "both models' views")
+    teacher_dropout: bool = Field(default=True, description="the EMA teacher's forward with "
+                                                            "dropout")
+    consistency: Literal["mse", "kl"] = Field(default="mse", description="softmax MSE or "
+                                              "KL(teacher ‖ student)")
+
+    @model_validator(mode="after")
+    def _noise_settings_agree(self) -> MeanTeacherParams:
+        if not self.noise and self.input_noise and "input_noise" in self.model_fields_set:
+            raise ValueError("mean_teacher.noise=false already turns the input noise off; "
+                             "drop mean_teacher.input_noise=true, or set noise=true to keep "
+                             "the augmentation and choose the input noise")
+        return self
+
+    def view(self) -> str:
+        """The view of both models' inputs: noisy, weak (augmentation only) or none."""
+        if not self.noise:
+            return "none"
+        return "noisy" if self.input_noise else "weak"
+
+
+MT_CONSISTENCY: dict[str, type[SoftmaxConsistency]] = {
+    "mse": SoftmaxConsistency, "kl": SoftmaxKLConsistency}
 
 
 def mean_teacher(params: MeanTeacherParams, ctx: RecipeContext) -> Objective:
@@ -162,14 +200,16 @@ def mean_teacher(params: MeanTeacherParams, ctx: RecipeContext) -> Objective:
         raise ValueError("mean_teacher's teacher is its EMA model: mean_teacher.ema_decay "
                          "cannot be null")
     ema = EMASlot(decay=params.ema_decay, rampup_decay=params.rampup_decay,
-                  rampup=params.rampup, mode="train", buffers=params.ema_buffers)
+                  rampup=params.rampup, mode="train", buffers=params.ema_buffers,
+                  dropout=params.teacher_dropout)
     ramp = _ramp(params)
+    term = MT_CONSISTENCY[params.consistency]
     terms: list[Term] = [
-        SoftmaxConsistency("mt_consistency", Ref("x_ulb_w"), Ref("x_ulb_w2", model=EMA),
-                           weight=params.weight, ramp=ramp),
-        SoftmaxConsistency("mt_consistency_lb", Ref("x_lb"), Ref("x_lb2", model=EMA),
-                           weight=params.weight, ramp=ramp)]
-    view = "noisy" if params.noise else "none"
+        term("mt_consistency", Ref("x_ulb_w"), Ref("x_ulb_w2", model=EMA),
+             weight=params.weight, ramp=ramp),
+        term("mt_consistency_lb", Ref("x_lb"), Ref("x_lb2", model=EMA),
+             weight=params.weight, ramp=ramp)]
+    view = params.view()
     views = {"x_lb": view, "x_lb2": view, "x_ulb_w": view, "x_ulb_w2": view}
     return semi_objective(params, ctx, 1.0, terms, views, ema=ema)
 

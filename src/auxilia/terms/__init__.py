@@ -31,6 +31,7 @@ from auxilia.terms.semi import (
     MixedTargetMSE,
     Ramp,
     SoftmaxConsistency,
+    SoftmaxKLConsistency,
     TemporalEnsemble,
     TSACrossEntropy,
 )
@@ -39,4 +40,5 @@ __all__ = ["Batch", "CrossEntropy", "Discrepancy", "FeatureL2", "HintMSE", "KLDi
            "Objective", "Outputs", "PredictionBankCE", "Progress", "ProjectionDistance", "Ref",
            "SimilarityKL", "SoftTargetCE", "SupCon", "TargetMSE", "Term", "Triplet"]
 __all__ += ["ConfidenceMaskedCE", "MixedTargetCE", "MixedTargetMSE", "Ramp",
-            "SoftmaxConsistency", "TSACrossEntropy", "TemporalEnsemble"]
+            "SoftmaxConsistency", "SoftmaxKLConsistency", "TSACrossEntropy",
+            "TemporalEnsemble"]

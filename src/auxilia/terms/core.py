@@ -28,10 +28,11 @@ from auxilia.parts import (
 )
 
 DEFAULT_VIEW = "weak"
-SOFT_VIEWS = {DEFAULT_VIEW: 0, "noisy": 1}
+SOFT_VIEWS = {DEFAULT_VIEW: 0, "noisy": 1, "randaugment": 1}
 """Views a recipe asks for when any augmentation of that kind will do: combined with a recipe
 asking for a specific view of the same key, that one wins ("weak": any augmentation; "noisy":
-Mean Teacher's noise, which a specific augmentation such as CDS's replaces)."""
+Mean Teacher's noise, "randaugment": Noisy Student's, which a specific augmentation such as
+CDS's replaces)."""
 
 Batch = Mapping[str, torch.Tensor]
 # outputs[(model, view)][exit][field]

@@ -103,6 +103,36 @@ class SoftmaxConsistency(_Ramped):
         return softmax_mse(self.student.read(outputs), target.float().softmax(dim=1))
 
 
+def kl_consistency_scale(num_classes: int) -> float:
+    """The authors' multiplier of the KL consistency, ``2(1 − 1/C)/C²`` (0.018 at C = 10).
+
+    Tarvainen & Valpola (2017, appendix: the cost family ``C_τ = Z_τ·KL(p_τ ‖ z_τ)``) scale the
+    KL so that its gradient matches the softmax MSE's in the limit τ → 0; their TensorFlow code
+    (``consistency_costs``) uses ``2(1 − 1/C)/(C²·τ²)``, τ = 1 for the plain KL.
+    """
+    return 2.0 * (1.0 - 1.0 / num_classes) / num_classes**2
+
+
+class SoftmaxKLConsistency(SoftmaxConsistency):
+    """KL consistency, ``s·(1/B) Σ_i KL(softmax(target_i) ‖ softmax(student_i))`` with
+    ``s = 2(1 − 1/C)/C²`` (:func:`kl_consistency_scale`).
+
+    Mean Teacher's KL ablation (Tarvainen & Valpola 2017, §3.2, figure 4(f), τ = 1): the
+    teacher's distribution is the reference, the student's the approximation (the authors'
+    code: CE(teacher, student) − H(teacher), per sample, averaged over the batch). Same
+    arguments as :class:`SoftmaxConsistency`; only the distance differs.
+    """
+
+    def compute(self, outputs: Outputs, batch: Batch, progress: Progress) -> torch.Tensor:
+        target = self.target.read(outputs)
+        if self.detach_target:
+            target = target.detach()
+        log_q = self.student.read(outputs).float().log_softmax(dim=1)
+        log_p = target.float().log_softmax(dim=1)
+        kl = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+        return kl * kl_consistency_scale(log_q.shape[1])
+
+
 class TemporalEnsemble(_Ramped):
     """Temporal Ensembling (Laine & Aila, ICLR 2017, Algorithm 2).
 

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.scaled import scaled_channels, scaled_repeats
+from auxilia.models.scaling import Scale
+from auxilia.models.stochastic_depth import block_rates, drop_path
 
 NUM_STAGES = 4
 # timm's Mixer convention (and the paper's Mixer-S/B/L): token MLP 0.5 C wide, channel MLP 4 C.
@@ -43,10 +46,14 @@ class MixerBlock(nn.Module):
         dim: C, the channels of each token.
         token_hidden: hidden width of the token-mixing MLP (D_S).
         channel_hidden: hidden width of the channel-mixing MLP (D_C).
+        drop_rate: stochastic depth of both residual branches (timm's Mixer drops each with the
+            block's rate, independently).
     """
 
-    def __init__(self, num_tokens: int, dim: int, token_hidden: int, channel_hidden: int) -> None:
+    def __init__(self, num_tokens: int, dim: int, token_hidden: int, channel_hidden: int,
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = drop_path(drop_rate)
         self.norm1 = nn.LayerNorm(dim)
         self.token_mlp = _mlp(num_tokens, token_hidden)
         self.norm2 = nn.LayerNorm(dim)
@@ -62,8 +69,8 @@ class MixerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x + tokens(x)``, then ``+ channels(.)``: ``[B, N, C] -> [B, N, C]``."""
-        x = x + self.mix_tokens(x)
-        return x + self.mix_channels(x)
+        x = x + self.drop_path(self.mix_tokens(x))
+        return x + self.drop_path(self.mix_channels(x))
 
 
 class MixerStage(nn.Module):
@@ -95,6 +102,9 @@ class MLPMixer(StagedBackbone):
         dim: C, the token width (the same at every stage).
         depth: number of Mixer blocks, a multiple of 4.
         in_chans: input channels.
+        drop_path: stochastic depth of the last block, linear over the blocks.
+        scale: compound scaling (Tan & Le 2019): blocks per stage ``ceil((depth / 4) * d)``,
+            ``dim`` through ``scaled_channels`` (the MLPs' hidden widths follow it).
 
     ``forward`` maps ``[B, in_chans, S, S]`` to ``{"s1": [B, C, S/P, S/P], ..., "s4": ...}``.
 
@@ -106,7 +116,8 @@ class MLPMixer(StagedBackbone):
     family = "mlp_mixer"
 
     def __init__(self, image_size: int, patch_size: int, dim: int, depth: int,
-                 in_chans: int = 3) -> None:
+                 in_chans: int = 3, drop_path: float = 0.0, scale: Scale | None = None
+                 ) -> None:
         super().__init__()
         check_patch_size(image_size, patch_size)
         if depth < NUM_STAGES or depth % NUM_STAGES:
@@ -114,10 +125,12 @@ class MLPMixer(StagedBackbone):
                              f"(one group of blocks per stage), got depth={depth}")
         self.image_size = image_size
         grid = image_size // patch_size
+        dim = scaled_channels(dim, scale)
+        per = scaled_repeats(depth // NUM_STAGES, scale)
+        rates = block_rates(drop_path, per * NUM_STAGES)
         self.stem = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
-        blocks = [MixerBlock(grid * grid, dim, int(TOKEN_RATIO * dim), int(CHANNEL_RATIO * dim))
-                  for _ in range(depth)]
-        per = depth // NUM_STAGES
+        blocks = [MixerBlock(grid * grid, dim, int(TOKEN_RATIO * dim), int(CHANNEL_RATIO * dim),
+                             rate) for rate in rates]
         self.stages = nn.ModuleList(
             MixerStage(blocks[i * per:(i + 1) * per],
                        nn.LayerNorm(dim) if i == NUM_STAGES - 1 else None)
@@ -175,10 +188,11 @@ def _factory(dim: int, depth: int) -> Callable[..., Backbone]:
     """A registry factory ``(in_chans, image_size, patch_size=None) -> MLPMixer``; no
     ``patch_size`` takes :func:`default_patch_size`."""
 
-    def build(*, in_chans: int = 3, image_size: int = 32, patch_size: int | None = None
-              ) -> Backbone:
+    def build(*, in_chans: int = 3, image_size: int = 32, patch_size: int | None = None,
+              drop_path: float = 0.0, scale: Scale | None = None) -> Backbone:
         patch = default_patch_size(image_size) if patch_size is None else patch_size
-        return MLPMixer(image_size, patch, dim, depth, in_chans=in_chans)
+        return MLPMixer(image_size, patch, dim, depth, in_chans=in_chans, drop_path=drop_path,
+                        scale=scale)
 
     return build
 

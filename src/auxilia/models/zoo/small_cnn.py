@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from auxilia.models.backbone import Backbone, StagedBackbone
+from auxilia.models.scaled import scaled_channels, scaled_repeats
+from auxilia.models.scaling import Scale
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> list[nn.Module]:
@@ -79,8 +81,12 @@ def small_cnn(
     widths: Sequence[int] = (32, 64, 128),
     convs_per_stage: int | None = None,
     strides: Sequence[int] | None = None,
+    scale: Scale | None = None,
 ) -> Backbone:
     """Registry factory for :class:`SmallCNN`.
+
+    ``scale`` (compound scaling, Tan & Le 2019) multiplies the convs per stage (rounded up) and
+    the widths (multiples of 8). The network has no residual blocks, so no stochastic depth.
 
     By default, inputs under 16 px (8x8 digits) get one conv per stage at 8 -> 4 -> 2, and
     larger ones (28x28 MNIST) two convs per stage at 14 -> 7 -> 4, so that the receptive field
@@ -92,8 +98,8 @@ def small_cnn(
         strides = (2, 2, 2) if large else (1, 2, 2)
     if convs_per_stage is None:
         convs_per_stage = 2 if large else 1
-    return SmallCNN(in_chans=in_chans, widths=widths, convs_per_stage=convs_per_stage,
-                    strides=strides)
+    return SmallCNN(in_chans=in_chans, widths=[scaled_channels(w, scale) for w in widths],
+                    convs_per_stage=scaled_repeats(convs_per_stage, scale), strides=strides)
 
 
 MODELS: dict[str, Callable[..., Backbone]] = {"small_cnn": small_cnn}

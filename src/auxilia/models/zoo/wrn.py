@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from auxilia.models.backbone import Backbone
+from auxilia.models.scaled import scaled_channels, scaled_repeats
+from auxilia.models.scaling import Scale
+from auxilia.models.stochastic_depth import block_rates, drop_path
 
 
 def _act(leaky_slope: float) -> nn.Module:
@@ -39,8 +42,10 @@ class PreActBlock(nn.Module):
         activate_before_residual: bool = False,
         leaky_slope: float = 0.0,
         bn_momentum: float = 0.1,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.drop_path = drop_path(drop_rate)  # stochastic depth (Huang et al. 2016)
         self.bn1 = nn.BatchNorm2d(in_planes, momentum=bn_momentum)
         self.act1 = _act(leaky_slope)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -62,7 +67,7 @@ class PreActBlock(nn.Module):
         out = self.act2(self.bn2(self.conv1(pre)))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
-        return self.shortcut(x) + self.conv2(out)
+        return self.shortcut(x) + self.drop_path(self.conv2(out))
 
 
 class WideResNet(Backbone):
@@ -75,6 +80,8 @@ class WideResNet(Backbone):
         dropout: dropout between the two convs of every block (0.3 in Zagoruyko for CIFAR).
         leaky_slope: 0 for ReLU (Zagoruyko), 0.1 for FixMatch's LeakyReLU.
         bn_momentum: BatchNorm momentum (FixMatch uses 0.001).
+        drop_path: stochastic depth of the last block, linear over the blocks.
+        scale: compound scaling (Tan & Le 2019) of the blocks per group and of every width.
 
     ``forward`` maps ``[B, in_chans, H, W]`` to ``{"s1": [B, 16k, H, W], "s2": [B, 32k, H/2, W/2],
     "s3": [B, 64k, H/4, W/4]}``; ``s3`` is after the final BN + activation.
@@ -90,20 +97,25 @@ class WideResNet(Backbone):
         dropout: float = 0.0,
         leaky_slope: float = 0.0,
         bn_momentum: float = 0.1,
+        drop_path: float = 0.0,
+        scale: Scale | None = None,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WRN depth must be 6n+4 with n >= 1, got {depth}")
-        n = (depth - 4) // 6
-        widths = (16 * width, 32 * width, 64 * width)
+        n = scaled_repeats((depth - 4) // 6, scale)
+        widths = tuple(scaled_channels(c * width, scale) for c in (16, 32, 64))
+        stem = scaled_channels(16, scale)
+        rates = iter(block_rates(drop_path, 3 * n))
         block_kw = {"dropout": dropout, "leaky_slope": leaky_slope, "bn_momentum": bn_momentum}
-        self.stem = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
+        self.stem = nn.Conv2d(in_chans, stem, 3, padding=1, bias=False)
         groups: list[nn.Module] = []
-        in_planes = 16
+        in_planes = stem
         for i, (planes, stride) in enumerate(zip(widths, (1, 2, 2), strict=True)):
             blocks = [PreActBlock(in_planes, planes, stride, activate_before_residual=i == 0,
-                                  **block_kw)]
-            blocks += [PreActBlock(planes, planes, 1, **block_kw) for _ in range(n - 1)]
+                                  drop_rate=next(rates), **block_kw)]
+            blocks += [PreActBlock(planes, planes, 1, drop_rate=next(rates), **block_kw)
+                       for _ in range(n - 1)]
             groups.append(nn.Sequential(*blocks))
             in_planes = planes
         self.groups = nn.ModuleList(groups)
@@ -144,10 +156,13 @@ def _factory(depth: int, width: int) -> Callable[..., Backbone]:
         dropout: float = 0.0,
         leaky_slope: float = 0.0,
         bn_momentum: float = 0.1,
+        drop_path: float = 0.0,
+        scale: Scale | None = None,
     ) -> Backbone:
         del image_size  # fully convolutional: any input size works
         return WideResNet(depth, width, in_chans=in_chans, dropout=dropout,
-                          leaky_slope=leaky_slope, bn_momentum=bn_momentum)
+                          leaky_slope=leaky_slope, bn_momentum=bn_momentum,
+                          drop_path=drop_path, scale=scale)
 
     return build
 
