@@ -17,7 +17,7 @@ from pathlib import Path
 
 from auxilia.compare.aggregate import MeanStd
 from auxilia.compare.collect import Collection
-from auxilia.compare.spec import Sweep, SweepError, Variant, _BudgetFile, _checked, _seeds
+from auxilia.compare.spec import BudgetFile, Sweep, SweepError, Variant, checked_sweep, seed_list
 from auxilia.compare.tables import variant_figures
 
 BASELINE = "phi=0"
@@ -91,7 +91,7 @@ def parse_budget(text: str) -> dict[str, float | str]:
         raise SweepError(f"--budget {text!r}: give steps=N, epochs=E or time=30s (the same "
                          "for every candidate)")
     try:
-        spec = _BudgetFile.model_validate({key: value})
+        spec = BudgetFile.model_validate({key: value})
     except ValueError as err:
         raise SweepError(f"--budget {text!r}: {err}") from None
     return {k: v for k, v in spec.model_dump().items() if v is not None}
@@ -126,7 +126,7 @@ def scale_sweep(config: str | Path | None, *, phi: float = 1.0, budget: dict[str
     variants = (Variant(BASELINE, "phi0", None, ("model.scale.phi=0",)),
                 *(Variant(c.label, "", None, c.overrides(phi)) for c in grid))
     stem = Path(config).stem if config else "defaults"
-    return _checked(Sweep(name or f"scale-{stem}", config, variants, _seeds(seeds),
+    return checked_sweep(Sweep(name or f"scale-{stem}", config, variants, seed_list(seeds),
                           tuple(overrides), dict(budget), BASELINE, workers=workers))
 
 

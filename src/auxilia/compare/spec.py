@@ -32,8 +32,9 @@ from auxilia.paths import regular_file
 from auxilia.strict import Strict
 from auxilia.yamlio import load_value
 
-__all__ = ["PlannedRun", "Sweep", "SweepError", "Variant", "load_sweep", "plan_sweep",
-           "quick_sweep", "split_methods", "sweep_folder"]
+__all__ = ["BudgetFile", "PlannedRun", "Sweep", "SweepError", "Variant", "checked_sweep",
+           "load_sweep", "plan_sweep", "quick_sweep", "seed_list", "split_methods",
+           "sweep_folder"]
 
 BUDGET_KEYS = ("train.epochs", "train.steps", "train.time", "data.batch_size",
                "data.train_subset")
@@ -122,7 +123,9 @@ class _VariantFile(Strict):
     overrides: list[str] = Field(default_factory=list)
 
 
-class _BudgetFile(Strict):
+class BudgetFile(Strict):
+    """A sweep's ``budget``: every run's epochs, steps or wall time."""
+
     epochs: float | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, ge=1)
     time: str | None = Field(default=None, description="a wall-clock budget per run (2m)")
@@ -139,7 +142,7 @@ class _SweepFile(Strict):
     base: str | None = Field(default=None, description="relative to the sweep file")
     overrides: list[str] = Field(default_factory=list)
     seeds: int | list[int] = 3
-    budget: _BudgetFile = Field(default_factory=_BudgetFile)
+    budget: BudgetFile = Field(default_factory=BudgetFile)
     baseline: str | None = None
     k: int = Field(default=3, ge=1)
     workers: int = Field(default=1, ge=1)
@@ -179,7 +182,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     variants = tuple(Variant(v.label, v.folder or "", v.method, tuple(v.overrides))
                      for v in spec.variants)
     budget = {k: v for k, v in spec.budget.model_dump().items() if v is not None}
-    return _checked(Sweep(spec.name, base, variants, _seeds(spec.seeds),
+    return checked_sweep(Sweep(spec.name, base, variants, seed_list(spec.seeds),
                           (*spec.overrides, *overrides), budget, spec.baseline, spec.k,
                           spec.workers))
 
@@ -195,7 +198,7 @@ def quick_sweep(config: str | Path | None, methods: str, seeds: int | Sequence[i
     variants = tuple(Variant(item, "", load_value(item, f"--methods item {item!r}", SweepError))
                      for item in items)
     stem = Path(config).stem if config else "defaults"
-    return _checked(Sweep(name or f"compare-{stem}", config, variants, _seeds(seeds),
+    return checked_sweep(Sweep(name or f"compare-{stem}", config, variants, seed_list(seeds),
                           tuple(overrides), **options))
 
 
@@ -217,7 +220,8 @@ def split_methods(text: str) -> list[str]:
     return items
 
 
-def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
+def seed_list(seeds: int | Sequence[int]) -> tuple[int, ...]:
+    """``seeds`` as a tuple: a count n is 0..n−1, a list is kept (checked)."""
     if isinstance(seeds, int):
         if seeds < 1:
             raise SweepError(f"seeds: {seeds}; give a count >= 1 or a list of seeds")
@@ -227,8 +231,8 @@ def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def _checked(sweep: Sweep) -> Sweep:
-    """Names checked, variant folders filled in from the labels."""
+def checked_sweep(sweep: Sweep) -> Sweep:
+    """Names checked, variant folders filled in from the labels (every sweep's last step)."""
     try:
         check_run_name(sweep.name)
     except ValueError as err:

@@ -9,7 +9,7 @@ does not use (skipped, with a note) when the image ``<stem>`` exists.
 
 - ``folder``: ``data.root`` holds the images and maps (in subfolders or not), or ``train/``,
   ``val/``, ``test/`` folders that do (the classification source's split-folder rules,
-  :func:`auxilia.data.folders._split_folders`).
+  :func:`auxilia.data.folders.split_folders`).
 - ``csv``: one CSV per split (``data.csv.train`` / ``val`` / ``test``) with the image in
   ``data.csv.filename_column`` and each field's map file in a column named after the field;
   paths follow the classification CSV's rule (:data:`auxilia.data.folders.PATH_RULE`).
@@ -31,7 +31,13 @@ from PIL import Image
 
 from auxilia.data.config import DataConfig
 from auxilia.data.files import IMAGE_EXTENSIONS, decode_files
-from auxilia.data.folders import PATH_RULE, _split_folders, read_text_file, resolve_path
+from auxilia.data.folders import (
+    PATH_RULE,
+    read_text_file,
+    resolve_path,
+    root_folder,
+    split_folders,
+)
 from auxilia.data.raw import DataError, RawData
 from auxilia.data.types import Split
 
@@ -145,13 +151,10 @@ def _folder_groups(cfg: DataConfig, fields: list[str]
                    ) -> tuple[dict[str, list[Sample]], Path, list[str], dict[str, str]]:
     """The samples of every split folder (or of ``data.root`` alone), the root, the notes and
     the origins."""
-    if cfg.root is None:
-        raise DataError("source 'folder' with data.dense needs data.root: a folder of images "
-                        "and their maps, or of train/, val/, test/ folders that hold them")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"source 'folder': data.root={cfg.root!r} is not a folder")
-    folders = _split_folders(root) or {"train": root}
+    root = root_folder(cfg, "source 'folder' with data.dense needs data.root: a folder of "
+                            "images and their maps, or of train/, val/, test/ folders that hold "
+                            "them")
+    folders = split_folders(root) or {"train": root}
     groups, unused = {}, set()
     for name, folder in folders.items():
         groups[name], found = _scan(folder, fields)

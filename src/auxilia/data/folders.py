@@ -80,7 +80,7 @@ def _unlabeled_inside(root: Path, cfg: DataConfig) -> str | None:
     return same.name
 
 
-def _split_folders(root: Path, skip: str | None = None) -> dict[str, Path]:
+def split_folders(root: Path, skip: str | None = None) -> dict[str, Path]:
     """The split folders of ``root`` by split name; empty when ``root`` holds class folders.
 
     ``skip`` names a folder of ``root`` that is neither (the ``data.unlabeled`` folder).
@@ -181,16 +181,26 @@ def _scan_classes(folder: Path, classes: list[str] | None, notes: list[str] | No
     return classes, paths, labels
 
 
-def load_folder(cfg: DataConfig) -> RawData:
-    """The ``folder`` source: ``root/{train,val,test}/<class>/<image>`` or ``root/<class>/...``."""
+def root_folder(cfg: DataConfig, missing: str) -> Path:
+    """``data.root`` as a folder of the ``folder`` source; ``missing``: the error when unset.
+
+    Raises:
+        DataError: ``data.root`` is unset or not a folder.
+    """
     if cfg.root is None:
-        raise DataError("source 'folder' needs data.root: a folder of <class>/<image> folders, or "
-                        "of train/, val/, test/ folders that hold them")
+        raise DataError(missing)
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"source 'folder': data.root={cfg.root!r} is not a folder")
+    return root
+
+
+def load_folder(cfg: DataConfig) -> RawData:
+    """The ``folder`` source: ``root/{train,val,test}/<class>/<image>`` or ``root/<class>/...``."""
+    root = root_folder(cfg, "source 'folder' needs data.root: a folder of <class>/<image> "
+                            "folders, or of train/, val/, test/ folders that hold them")
     skip = _unlabeled_inside(root, cfg)
-    splits = _split_folders(root, skip)
+    splits = split_folders(root, skip)
     if not splits:
         classes, paths, labels = _scan_classes(root, None, skip=skip)
         raw = _files_to_raw({"train": (paths, labels)}, classes, cfg, root)

@@ -68,7 +68,7 @@ def _train_files(cfg: DataConfig) -> list[Path]:
     if cfg.source == "folder" and cfg.root is not None:
         root = Path(cfg.root).expanduser()
         skip = folders._unlabeled_inside(root, cfg)  # an unlabeled folder is no class
-        splits = folders._split_folders(root, skip)
+        splits = folders.split_folders(root, skip)
         if "train" in splits:
             return folders._scan_classes(splits["train"], None)[1]
         return folders._scan_classes(root, None, skip=skip)[1]
