@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {data: {seed: run(data, seed, args.steps) for seed in SEEDS} for data in args.data}
     record: dict[str, Any] = {
-        data: {str(seed): [{"round": r.name, "figure": _figure(r), "summary_entries":
+        data: {str(seed): [{"round": r.name, "figure": _figure(r), "entries":
                             r.summary.get("entries")} for r in rs]
                for seed, rs in by_seed.items()} for data, by_seed in results.items()}
     record["steps"] = args.steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import types
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
@@ -315,4 +316,15 @@ def repeated_override(items: list[str]) -> str | None:
         if key in first:
             return f"{key} is set twice ({first[key]!r}, then {item!r}); keep one"
         first[key] = item
+    return None
+
+
+def repeated_in(groups: Iterable[tuple[str, list[str]]]) -> str | None:
+    """``<where>: <what repeated_override says>`` for the first ``(where, overrides)`` group
+    that sets a key twice (a sweep's or a pipeline's overrides and each variant's or round's),
+    else None."""
+    for where, items in groups:
+        repeated = repeated_override(items)
+        if repeated:
+            return f"{where}: {repeated}"
     return None

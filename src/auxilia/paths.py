@@ -109,3 +109,12 @@ def decode_text(raw: bytes, where: str, error: type[Exception] = ValueError) -> 
     if nul >= 0:
         raise error(f"{where} not UTF-8 text (byte 0x00 at position {nul}); save it as UTF-8")
     return text
+
+
+def beside(file: Path, value: str | None) -> Path | None:
+    """A path a file names (a sweep's or a pipeline's ``base``): as given when absolute (``~``
+    expanded), else relative to the file's folder; None stays None."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else file.parent / path

@@ -162,3 +162,10 @@ def test_a_label_round_that_keeps_no_image_says_why(finished, tmp_path: Path) ->
     config = load_config(None, [*TINY, f"teacher.run={runs / 'ns' / 'teacher'}"])
     with pytest.raises(ConfigError, match="no unlabeled image reaches label.min_confidence=1"):
         run_labelling(config, LabelSettings(min_confidence=1.0), tmp_path / "labels")
+
+
+def test_a_bad_label_setting_is_named_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrounds:\n  - name: a\n    kind: label\n    label: {per_class: 0}\n")
+    with pytest.raises(RoundsError, match=r"rounds\[0\]\.label\.per_class: must be at least 1"):
+        load_pipeline(bad)

@@ -23,12 +23,12 @@ from pydantic import Field, ValidationError, field_validator
 
 from auxilia.config import Config, ConfigError, apply_override, check_run_name, parse_config
 from auxilia.config import read_yaml as _read_yaml
-from auxilia.config_errors import describe, repeated_override
+from auxilia.config_errors import describe, repeated_in
 from auxilia.durations import canonical_duration
 from auxilia.engine.runfolder import RunFolder
 from auxilia.engine.runstatus import Status, config_differences, folder_status
 from auxilia.method_defaults import user_settings
-from auxilia.paths import regular_file
+from auxilia.paths import beside, regular_file
 from auxilia.strict import Strict
 from auxilia.yamlio import load_value
 
@@ -170,15 +170,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     except ValidationError as err:
         raise SweepError(f"{path}: invalid sweep:\n  " + "\n  ".join(describe(err, _SweepFile))
                          ) from None
-    base = None
-    if spec.base is not None:
-        base = Path(spec.base).expanduser()
-        base = base if base.is_absolute() else path.parent / base
-    for where, items in [("overrides", spec.overrides),
-                         *((f"variant {v.label!r} overrides", v.overrides) for v in spec.variants)]:
-        repeated = repeated_override(items)
-        if repeated:
-            raise SweepError(f"{path}: {where}: {repeated}")
+    base = beside(path, spec.base)
+    repeated = repeated_in([("overrides", spec.overrides),
+                            *((f"variant {v.label!r} overrides", v.overrides)
+                              for v in spec.variants)])
+    if repeated:
+        raise SweepError(f"{path}: {repeated}")
     variants = tuple(Variant(v.label, v.folder or "", v.method, tuple(v.overrides))
                      for v in spec.variants)
     budget = {k: v for k, v in spec.budget.model_dump().items() if v is not None}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -63,8 +63,8 @@ class LabelSettings(Strict):
     temperature: float = Field(default=1.0, gt=0, description="softmax temperature T")
     min_confidence: float = Field(default=0.3, ge=0, le=1,
                                   description="images the teacher is less sure of are dropped")
-    per_class: int | Literal["auto"] | None = Field(default="auto",
-                                                    description="balanced count per class")
+    per_class: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default="auto", description="balanced count per class")
     smoothing: float = Field(default=0.1, ge=0, lt=1,
                              description="label smoothing of hard labels")
 
@@ -72,9 +72,6 @@ class LabelSettings(Strict):
         """The per-class count ``per_class`` asks for, given the confident images."""
         if self.per_class == "auto":
             return max(1, round(confident / num_classes))
-        if isinstance(self.per_class, int) and self.per_class < 1:
-            raise ConfigError(f"label.per_class={self.per_class}: give a count of at least 1, "
-                              "auto, or null")
         return self.per_class
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,10 @@ from pydantic import Field, ValidationError
 
 from auxilia.config import Config
 from auxilia.config import read_yaml as _read_yaml
-from auxilia.config_errors import describe, repeated_override, suggest
+from auxilia.config_errors import describe, repeated_in, suggest
 from auxilia.engine.labelling import LabelSettings
 from auxilia.engine.round_refs import RoundsError, check_names
-from auxilia.paths import regular_file
+from auxilia.paths import beside, regular_file
 from auxilia.strict import Strict
 
 __all__ = ["Pipeline", "Round", "load_pipeline"]
@@ -85,15 +86,11 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     except ValidationError as err:
         raise RoundsError(f"{path}: invalid pipeline:\n  "
                           + "\n  ".join(_describe_file(err))) from None
-    base = None
-    if spec.base is not None:
-        base = Path(spec.base).expanduser()
-        base = base if base.is_absolute() else path.parent / base
-    for where, items in [("overrides", spec.overrides),
-                         *((f"round {r.name!r} overrides", r.overrides) for r in spec.rounds)]:
-        repeated = repeated_override(items)
-        if repeated:
-            raise RoundsError(f"{path}: {where}: {repeated}")
+    base = beside(path, spec.base)
+    repeated = repeated_in([("overrides", spec.overrides),
+                            *((f"round {r.name!r} overrides", r.overrides) for r in spec.rounds)])
+    if repeated:
+        raise RoundsError(f"{path}: {repeated}")
     rounds = tuple(_round(r, overrides) for r in spec.rounds)
     pipeline = Pipeline(spec.name, base, rounds, tuple(spec.overrides))
     check_names(pipeline.name, [r.name for r in pipeline.rounds])
@@ -109,13 +106,17 @@ def _round(spec: _RoundFile, overrides: Sequence[str]) -> Round:
 
 
 def _describe_file(err: ValidationError) -> list[str]:
-    """One line per problem; describe() alone finds no valid keys inside a list's items."""
+    """One line per problem (:func:`describe`'s), a round's unknown key with a suggestion.
+
+    Not zipped with ``err.errors()``: a union's failure (``label.per_class``) is several errors
+    and one line."""
+    valid = list(_RoundFile.model_fields)
     lines = []
-    for line, e in zip(describe(err, _PipelineFile), err.errors(), strict=True):
-        loc = e["loc"]
-        if e["type"] == "extra_forbidden" and len(loc) == 3 and loc[0] == "rounds":
-            valid = list(_RoundFile.model_fields)
-            line = (f"rounds[{loc[1]}].{loc[2]}: unknown key{suggest(str(loc[2]), valid)}; "
-                    f"valid keys here: {', '.join(valid)}")
+    for line in describe(err, _PipelineFile):
+        unknown = re.match(r"rounds\[(\d+)\]\.(\w+): unknown key", line)
+        if unknown:
+            index, key = unknown.groups()
+            line = (f"rounds[{index}].{key}: unknown key{suggest(key, valid)}; valid keys "
+                    f"here: {', '.join(valid)}")
         lines.append(line)
     return lines
