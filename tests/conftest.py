@@ -2,17 +2,20 @@
 
 ``HF_HUB_OFFLINE=1`` is forced (not defaulted: a developer's ``HF_HUB_OFFLINE=0`` would let a
 test download) before anything imports huggingface_hub, which reads it once; subprocesses
-inherit it.
+inherit it. The file store's cache (``AUXILIA_CACHE_DIR``) is a temporary folder per session.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the file store's index cache: one folder for this test session, never the user's cache
+os.environ["AUXILIA_CACHE_DIR"] = tempfile.mkdtemp(prefix="auxilia-test-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from auxilia.data import files
+from auxilia.data import decode, files
 from auxilia.data.config import CsvFiles, DataConfig
 from auxilia.data.sources import DataError, load_dataset
 
@@ -165,9 +165,9 @@ def test_a_dying_decoder_process_is_reported(tmp_path: Path,
             os._exit(1)  # a crash inside a decoder (segfault, out of memory): the worker dies
         return Image.open(data, *args, **kwargs)
 
-    monkeypatch.setattr(files, "Image", SimpleNamespace(open=open_, Resampling=Image.Resampling))
+    monkeypatch.setattr(decode, "Image", SimpleNamespace(open=open_, Resampling=Image.Resampling))
     monkeypatch.setattr(files, "_SERIAL_DECODE_BELOW", 1)
-    with pytest.raises(DataError, match=r"process decoding the 19 image files .*died.*"
+    with pytest.raises(DataError, match=r"process reading the 19 image files .*died.*"
                                         r"data\.num_workers=1"):
         load_dataset(DataConfig(source="folder", root=str(root), num_workers=2))
 

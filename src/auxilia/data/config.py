@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -12,6 +13,24 @@ DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.1
 RESIZE_METHOD = "bilinear with antialiasing, stretched to a square (the aspect ratio is not kept)"
 """What ``data.image_size`` does to every image (PIL at decode time, torch for array sources)."""
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
+          "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
+          "tib": 2**40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"8GiB"``, ``"500MB"``, ``"1.5g"``, ``123`` → bytes.
+
+    Raises:
+        ValueError: not a positive size with a known unit.
+    """
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a memory size; write e.g. 8GiB, 500MB or 2g")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 class CsvFiles(Strict):
@@ -152,12 +171,60 @@ class DataConfig(Strict):
         description="override the methods' augmentation per view, e.g. {x_lb2: color}")
     batch_size: int = Field(default=64, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
-    num_workers: int = Field(default=0, ge=0, description="processes used to decode image files")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="worker processes of the input pipeline (they read, decode and prepare the "
+                    "next batches while a step runs) and of the memory store's decoding; 0: "
+                    "everything in the training process; auto: see docs/data.md. Results do "
+                    "not depend on it")
+    storage: Literal["auto", "memory", "files"] = Field(
+        default="auto",
+        description="memory: decode every image once and keep it in memory; files: keep image "
+                    "files (folder, csv, data.unlabeled) on disk and decode them as batches "
+                    "need them; auto: files when the decoded images would not fit "
+                    "data.memory_budget")
+    memory_budget: str | None = Field(
+        default=None,
+        description="the most memory the decoded images may take before auto storage picks "
+                    "files, e.g. 8GiB or 500MB (default: half of the memory available)")
+    crop: Literal["auto", "resize", "random_resized"] = Field(
+        default="auto",
+        description="how the file store makes a sample of a file: resize (the whole image "
+                    "stretched to image_size, as the memory store), random_resized (training: "
+                    "a random-resized crop drawn at full resolution; evaluation: resize + "
+                    "centre crop); auto: random_resized when files are stored and the images "
+                    "are at least twice image_size")
+    crop_scale: tuple[float, float] = Field(
+        default=(0.08, 1.0), description="random_resized: the crop's share of the image's area")
+    crop_ratio: tuple[float, float] = Field(
+        default=(3 / 4, 4 / 3), description="random_resized: the crop's aspect ratio (w / h)")
+    center_crop: float = Field(
+        default=0.875, gt=0.0, le=1.0,
+        description="random_resized: evaluation's crop side over the resized shorter side")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range(cls, pair: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < pair[0] <= pair[1]:
+            raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(pair)}")
+        return pair
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_bytes(text)
+        return text
 
     @property
     def size(self) -> int | None:
         """The square size images are resized to, or None to keep their native size."""
         return self.image_size if isinstance(self.image_size, int) else None
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """``memory_budget`` in bytes, or None for the default."""
+        return None if self.memory_budget is None else parse_bytes(self.memory_budget)
 
     def test_fraction_for(self, has_val: bool) -> float:
         """The fraction carved as test from a source without a test split."""

@@ -9,26 +9,28 @@ files are recognised (:mod:`auxilia.data.hygiene`). The sources themselves live 
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import os
-import stat
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from auxilia.data.config import DataConfig
+from auxilia.data.decode import decode_resized, read_regular
+from auxilia.data.file_images import FileImages
+from auxilia.data.file_index import index_chunk, index_files
 from auxilia.data.host_memory import check_decoded_size
 from auxilia.data.raw import DataError, RawData
+from auxilia.data.storage import StoreChoice, choose_store
 from auxilia.data.types import Split
 
 __all__ = ["IMAGE_EXTENSIONS", "DecodedFiles", "NoReadableImage", "content_key", "decode_files",
@@ -57,12 +59,8 @@ def _decode_chunk(paths: Sequence[str], mode: str, size: int | None) -> Decoded:
     for path in paths:
         data = b""
         try:
-            data = _read_regular(path)
-            with Image.open(io.BytesIO(data)) as im:
-                im = _to_8bit(im).convert(mode)
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                images.append(np.asarray(im))
+            data = read_regular(path)
+            images.append(decode_resized(data, mode, None if size is None else (size, size)))
             errors.append("")
         except Exception as exc:  # PIL raises many types on unreadable files
             errors.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -78,58 +76,35 @@ def content_key(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
-def _read_regular(path: str) -> bytes:
-    """The bytes of a regular file; FIFOs, devices and sockets are refused, never read.
-
-    ``O_NONBLOCK`` keeps the open of a FIFO from waiting for a writer; the type is checked on
-    the opened file, so it cannot change between the check and the read.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
-                    or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
-            raise OSError(f"{kind}, not a regular file; refused")
-        return f.read()
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """Scales 16-bit greyscale to ``L`` (``v / 257``, so 65535 becomes 255).
-
-    16-bit means mode ``I;16*``, or mode ``I`` read from a PNG (older Pillow). PIL's own
-    conversion of these modes clips every value above 255; other ``I`` files (32-bit TIFF)
-    are left to it.
-    """
-    if not (im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")):
-        return im
-    values = np.asarray(im).astype(np.float64)
-    scaled = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled)
-
-
-def _num_workers(cfg: DataConfig) -> int:
-    if cfg.num_workers > 0:
-        return cfg.num_workers
+def cpu_count() -> int:
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _map_chunks(paths: list[str], mode: str, size: int | None, workers: int
-                ) -> list[Decoded]:
-    """Decodes ``paths`` in chunks, in a process pool when there are enough of them."""
-    decode = partial(_decode_chunk, mode=mode, size=size)
+def _num_workers(cfg: DataConfig) -> int:
+    """Processes decoding or indexing files: ``data.num_workers``, every core for ``auto``,
+    in-process (1) for 0."""
+    return cpu_count() if cfg.num_workers == "auto" else max(1, cfg.num_workers)
+
+
+def _map_chunks(paths: list[str], work: Callable[[list[str]], Any], workers: int
+                ) -> Iterator[Any]:
+    """``work`` over chunks of ``paths``, in order, in a process pool when there are enough
+    of them; each chunk's result is yielded as it completes."""
     if workers <= 1 or len(paths) < _SERIAL_DECODE_BELOW:
-        return [decode(paths)]
+        if paths:
+            yield work(paths)
+        return
     step = max(64, min(1024, -(-len(paths) // (workers * 8))))
     chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
     fork = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if fork else None)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            return list(pool.map(decode, chunks))
+            yield from pool.map(work, chunks)
     except BrokenProcessPool:
         raise DataError(
-            f"a process decoding the {len(paths)} image files (from {paths[0]} on) died, e.g. "
+            f"a process reading the {len(paths)} image files (from {paths[0]} on) died, e.g. "
             "out of memory or a crash in an image decoder; set data.num_workers=1 to decode "
             "in-process and find the file") from None
 
@@ -169,14 +144,15 @@ class DecodedFiles:
     """Image files decoded by :func:`decode_files`.
 
     Attributes:
-        images: ``uint8`` ``[K, C, H, W]``, one per kept file, in order.
+        images: ``uint8`` ``[K, C, H, W]``, one per kept file, in order: a tensor, or the
+            file store's index view (:class:`~auxilia.data.file_images.FileImages`).
         kept: boolean ``[N]`` over the input paths: which files were decoded.
         keys: ``int64`` ``[N]`` content key of each file's bytes (:func:`content_key`).
         sizes: ``int64`` ``[N]`` size of each file in bytes.
         notes: what was skipped, for the run's notes.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | FileImages
     kept: torch.Tensor
     keys: torch.Tensor
     sizes: torch.Tensor
@@ -190,47 +166,87 @@ def decode_images(paths: Sequence[Path | str], cfg: DataConfig
     return decoded.images, decoded.kept, decoded.notes
 
 
-def decode_files(paths: Sequence[Path | str], cfg: DataConfig) -> DecodedFiles:
-    """Reads and decodes image files to ``uint8`` ``[N, C, H, W]`` (RGB, or L with grayscale).
+def decode_files(paths: Sequence[Path | str], cfg: DataConfig,
+                 store: StoreChoice | None = None) -> DecodedFiles:
+    """Reads image files into a store: decoded to ``uint8`` ``[N, C, H, W]`` (RGB, or L with
+    grayscale) by the memory store, indexed (:mod:`auxilia.data.file_index`) by the file store.
 
     Each file is read once: its bytes give the content key (identical files, identical keys)
-    and are decoded from memory. Special files (FIFOs, devices) are refused, never read.
+    and are decoded from memory (the memory store) or only their header is (the file store).
+    Special files (FIFOs, devices) are refused, never read.
 
     Args:
         paths: image files.
         cfg: uses ``grayscale``, ``image_size``, ``num_workers`` and ``on_bad_image``.
+        store: the store and its crop (:func:`~auxilia.data.storage.choose_store`); None is
+            the memory store.
 
     Raises:
-        DataError: an undecodable file with ``on_bad_image="fail"``; sizes that differ without
-            ``image_size``; :class:`NoReadableImage` (with ``bad``) when no file decodes.
+        DataError: an unreadable file with ``on_bad_image="fail"``; sizes that differ without
+            ``image_size``; :class:`NoReadableImage` (with ``bad``) when no file can be read.
     """
     str_paths = [str(p) for p in paths]
+    if store is not None and store.kind == "files":
+        return _index_to_files(str_paths, cfg, store)
     if cfg.size is not None:
         check_decoded_size(len(str_paths), 1 if cfg.grayscale else 3, cfg.size, cfg.size,
-                           f"{len(str_paths)} image files at data.image_size={cfg.size}")
-    results = _map_chunks(str_paths, "L" if cfg.grayscale else "RGB", cfg.size,
-                          _num_workers(cfg))
+                           f"{len(str_paths)} image files at data.image_size={cfg.size}",
+                           fix="lower data.image_size, or set data.storage=files to read them "
+                               "from disk as batches need them")
+    decode = partial(_decode_chunk, mode="L" if cfg.grayscale else "RGB", size=cfg.size)
+    results = list(_map_chunks(str_paths, decode, _num_workers(cfg)))
     errors = [e for r in results for e in r[1]]
-    bad = [(p, e) for p, e in zip(str_paths, errors, strict=True) if e]
+    kept, notes = _kept(str_paths, errors, cfg)
+    keys = torch.tensor([k for r in results for k in r[2]], dtype=torch.int64)
+    sizes = torch.tensor([n for r in results for n in r[3]], dtype=torch.int64)
+    return DecodedFiles(_stack(results, str_paths), kept, keys, sizes, notes)
+
+
+def _kept(paths: list[str], errors: list[str], cfg: DataConfig) -> tuple[torch.Tensor, list[str]]:
+    """``(kept [N] bool, notes)``: which files were read, under ``data.on_bad_image``."""
+    bad = [(p, e) for p, e in zip(paths, errors, strict=True) if e]
     notes: list[str] = []
     if bad and cfg.on_bad_image == "fail":
         listing = "; ".join(f"{p} ({e})" for p, e in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         message = (f"cannot decode {len(bad)} image file(s): {listing}{more}. Fix or remove "
                    "them, or set data.on_bad_image=skip to drop them")
-        if len(bad) == len(str_paths):
+        if len(bad) == len(paths):
             raise NoReadableImage(message, bad)
         raise DataError(message)
     if bad:
         names = ", ".join(p for p, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
         notes.append(f"skipped {len(bad)} undecodable images: {names}")
-        warnings.warn(notes[-1], stacklevel=3)
+        warnings.warn(notes[-1], stacklevel=4)
     kept = torch.tensor([not e for e in errors], dtype=torch.bool)
     if not bool(kept.any()):
-        raise NoReadableImage(f"none of the {len(str_paths)} image files could be decoded", bad)
-    keys = torch.tensor([k for r in results for k in r[2]], dtype=torch.int64)
-    sizes = torch.tensor([n for r in results for n in r[3]], dtype=torch.int64)
-    return DecodedFiles(_stack(results, str_paths), kept, keys, sizes, notes)
+        raise NoReadableImage(f"none of the {len(paths)} image files could be decoded", bad)
+    return kept, notes
+
+
+def _index_to_files(paths: list[str], cfg: DataConfig, store: StoreChoice) -> DecodedFiles:
+    """The file store of ``paths``: every file indexed (key, size; its pixels not decoded)."""
+    index = index_files(paths, partial(_map_chunks, work=index_chunk, workers=_num_workers(cfg)))
+    kept, notes = _kept(paths, index.errors, cfg)
+    rows = kept.numpy()
+    if cfg.size is not None:
+        height = width = cfg.size
+    else:  # native: one size is needed to stack a batch, as in memory
+        shapes = sorted({(int(h), int(w)) for h, w in zip(index.heights[rows], index.widths[rows],
+                                                         strict=True)})
+        if len(shapes) > 1:
+            first = next(i for i in range(len(paths)) if rows[i])
+            odd = next(i for i in range(len(paths)) if rows[i] and (
+                index.heights[i], index.widths[i]) != (index.heights[first], index.widths[first]))
+            raise DataError(
+                f"images differ in size: {index.widths[first]}x{index.heights[first]} "
+                f"({paths[first]}) vs {index.widths[odd]}x{index.heights[odd]} ({paths[odd]}); "
+                "set data.image_size=... (e.g. data.image_size=32) to resize every image to "
+                "one square size")
+        height, width = shapes[0]
+    images = FileImages(np.array(paths, dtype=object)[rows], store.decoding(cfg, height, width))
+    return DecodedFiles(images, kept, torch.from_numpy(index.keys),
+                        torch.from_numpy(index.sizes), [*notes, *index.notes])
 
 
 def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list[str],
@@ -241,7 +257,8 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
     fingerprint does not change when the whole dataset moves.
     """
     all_paths = [p for paths, _ in groups.values() for p in paths]
-    decoded = decode_files(all_paths, cfg)
+    store = choose_store(cfg, all_paths)
+    decoded = decode_files(all_paths, cfg, store)
     kept = decoded.kept
     all_labels = torch.tensor([y for _, labels in groups.values() for y in labels],
                               dtype=torch.int64)
@@ -265,4 +282,5 @@ def _files_to_raw(groups: dict[str, tuple[list[Path], list[int]]], classes: list
                         "skipped as undecodable); fix the files or remove the class")
     return RawData(splits["train"], classes, "natural", val=splits.get("val"),
                    test=splits.get("test"), notes=decoded.notes,
-                   files={name: [str(p) for p in paths] for name, (paths, _) in groups.items()})
+                   files={name: [str(p) for p in paths] for name, (paths, _) in groups.items()},
+                   store=store)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from auxilia.data.raw import DataError
+from auxilia.data.errors import DataError
 
 __all__ = ["CGROUP", "GiB", "check_decoded_size", "cpu_available_bytes", "gib"]
 
@@ -62,7 +62,8 @@ def _cgroup_available(cgroup: Path) -> int | None:
 
 
 def check_decoded_size(n_images: int, channels: int, height: int, width: int, what: str, *,
-                       working_bytes: int = 0) -> None:
+                       working_bytes: int = 0,
+                       fix: str = "lower data.image_size (or load fewer images)") -> None:
     """Refuses to decode images whose ``uint8`` array would not fit in host memory.
 
     Call it before allocating the ``N x C x H x W`` array (decoding, resizing). When the free
@@ -75,6 +76,7 @@ def check_decoded_size(n_images: int, channels: int, height: int, width: int, wh
             ``"digits resized to data.image_size=4096"``.
         working_bytes: memory needed on top while the array is produced (e.g. a float32
             buffer of the images being resized).
+        fix: what the user can change, ending the message.
 
     Raises:
         DataError: ``<what>: 1,797 images of 1x4096x4096 need 28 GiB in memory as uint8, but
@@ -86,8 +88,7 @@ def check_decoded_size(n_images: int, channels: int, height: int, width: int, wh
         return
     extra = f" (and {gib(working_bytes)} more while converting)" if working_bytes else ""
     raise DataError(f"{what}: {n_images:,} images of {channels}x{height}x{width} need "
-                    f"{gib(need)} in memory as uint8{extra}, but {gib(free)} is available; "
-                    "lower data.image_size (or load fewer images)")
+                    f"{gib(need)} in memory as uint8{extra}, but {gib(free)} is available; {fix}")
 
 
 def gib(n: int | float) -> str:

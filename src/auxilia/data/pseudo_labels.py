@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from auxilia.atomic_files import atomic_write
-from auxilia.data.raw import DataError
+from auxilia.data.errors import DataError
 from auxilia.data.types import DatasetSplits, Split
 
 __all__ = ["FILE_NAME", "FORMAT", "PSEUDO_FIELD", "PseudoLabels", "attach_pseudo_labels",

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from auxilia.data.errors import DataError
+from auxilia.data.storage import StoreChoice
 from auxilia.data.types import Split
 
 __all__ = ["DataError", "RawData"]
-
-
-class DataError(Exception):
-    """The data cannot be loaded as configured; the message says what to change."""
 
 
 @dataclass
@@ -39,3 +37,6 @@ class RawData:
     """The image files each split was read from, as listed (undecodable ones too), for the
     image-file sources; empty for the others. ``data.unlabeled`` is checked against them
     (:mod:`auxilia.data.unlabeled_paths`)."""
+    store: StoreChoice | None = None
+    """Where the image files' pixels live (:func:`~auxilia.data.storage.choose_store`); None
+    for array sources (always in memory)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -23,9 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from auxilia.atomic_files import atomic_write
 from auxilia.data.carve import labeled_line, official_to_splits
 from auxilia.data.config import DataConfig
 from auxilia.data.dense_files import load_dense
+from auxilia.data.file_images import FileImages
+from auxilia.data.file_index import cache_dir
 from auxilia.data.files import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
 from auxilia.data.files import decode_images
 from auxilia.data.folders import load_csv, load_folder
@@ -51,6 +55,34 @@ class SourceSpec:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+STATS_SAMPLE = 2000
+"""Images of the file store the normalisation statistics are computed on (evenly spread)."""
+
+
+def split_stats(split: Split) -> tuple[tuple[float, ...], ...]:
+    """:func:`channel_stats` of a training split. The file store's: of :data:`STATS_SAMPLE`
+    images evenly spread over it (all of a smaller split: then the same as the memory
+    store's), decoded as evaluation decodes them, cached by their content keys."""
+    if not isinstance(split.images, FileImages):
+        return channel_stats(split.images)
+    rows = torch.linspace(0, len(split) - 1, min(len(split), STATS_SAMPLE)).long().unique()
+    keys = split.keys[rows].numpy().tobytes() if split.keys is not None else b""
+    digest = hashlib.blake2b(keys + repr(split.images.decoding).encode(), digest_size=12)
+    cached = cache_dir() / "stats" / f"{digest.hexdigest()}.json"
+    try:
+        mean, std = json.loads(cached.read_text())
+        return tuple(mean), tuple(std)
+    except (OSError, ValueError):
+        pass
+    stats = channel_stats(split.images.read(rows))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cached, lambda f: f.write(json.dumps(stats).encode()))
+    except OSError:
+        pass  # the index cache says so when the folder cannot be written
+    return stats
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], ...]:
@@ -244,6 +276,7 @@ def read_source(cfg: DataConfig) -> RawData:
     Raises:
         DataError: unknown source, missing files, undecodable images, fewer than 2 classes.
     """
+    _check_storage(cfg)
     # a dense task reads its maps beside the folder / csv source's images, one class
     raw = load_dense(cfg) if cfg.dense is not None else _get_spec(cfg.source).loader(cfg)
     if cfg.grayscale and raw.train.images.shape[1] != 1:
@@ -263,6 +296,19 @@ def read_source(cfg: DataConfig) -> RawData:
         raw.origins["unlabeled"] = f"{before}data.unlabeled {cfg.unlabeled}"
     clean_raw(raw, cfg.duplicates, extra)
     return raw
+
+
+def _check_storage(cfg: DataConfig) -> None:
+    """Refuse a file store (or its crop) where the images are no files."""
+    if cfg.storage != "files" and cfg.crop != "random_resized":
+        return
+    key = "data.storage=files" if cfg.storage == "files" else "data.crop=random_resized"
+    if cfg.source not in ("folder", "csv"):
+        raise DataError(f"{key} reads image files from disk (the folder and csv sources); "
+                        f"source {cfg.source!r} is an array dataset, held in memory: unset it")
+    if cfg.dense is not None:
+        raise DataError(f"{key}: dense targets (data.dense) are read into memory with their "
+                        "images; unset it for a dense task")
 
 
 def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | None = None
@@ -312,7 +358,7 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
                             for s in (train, val, test))
         if unlabeled is not None:
             unlabeled = unlabeled.with_images(_resize(unlabeled.images, cfg.size))
-    mean, std = raw.stats or channel_stats(train.images)
+    mean, std = raw.stats or split_stats(train)
     if cfg.train_subset is not None:
         if cfg.train_subset >= len(train):
             raw.notes.append(f"train_subset={cfg.train_subset} >= {len(train)}: all kept")
@@ -336,7 +382,8 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     raw.notes += [note] if note else []
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
                          mean=tuple(mean), std=tuple(std), family=raw.family,
-                         unlabeled=unlabeled, notes=raw.notes, origins=origins)
+                         unlabeled=unlabeled, notes=raw.notes, origins=origins,
+                         storage=raw.store.line if raw.store is not None else None)
     if cfg.pseudo_labels is not None:
         data = attach_pseudo_labels(data, cfg.pseudo_labels)
     data.identity = identity(data, cfg.source)
@@ -372,7 +419,7 @@ def describe_splits(data: DatasetSplits) -> list[str]:
         lines.append(f"{name:9s} {len(split):7,d}  {origin}")
     if LABELED in data.origins:
         lines.append(data.origins[LABELED])
-    return lines
+    return lines + ([data.storage] if data.storage else [])
 
 
 def _check_every_class_trains(train: Split, classes: list[str], cfg: DataConfig) -> None:

@@ -8,13 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from auxilia.data.file_images import FileImages
+
 
 @dataclass
 class Split:
-    """Images of one split, decoded once and kept in memory.
+    """The samples of one split.
 
     Attributes:
-        images: ``uint8`` tensor ``[N, C, H, W]``.
+        images: ``uint8`` ``[N, C, H, W]``: a tensor (the memory store: decoded once, kept in
+            memory) or :class:`~auxilia.data.file_images.FileImages` (the file store: an index
+            view over image files, decoded when a batch is read).
         labels: ``int64`` tensor ``[N]``; ``-1`` where the label is hidden (unlabeled data).
         keys: ``int64`` ``[N]`` content hash of each sample (of the file's bytes for image
             files, of the pixels otherwise): equal keys mean identical images. Set by
@@ -33,7 +37,7 @@ class Split:
             the pseudo-labels on the unlabeled split): training never reads it.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | FileImages
     labels: torch.Tensor
     keys: torch.Tensor | None = None
     names: np.ndarray | None = None
@@ -52,7 +56,7 @@ class Split:
                                                         self.targets.items()},
                      None if self.true_labels is None else self.true_labels[idx])
 
-    def with_images(self, images: torch.Tensor) -> Split:
+    def with_images(self, images: torch.Tensor | FileImages) -> Split:
         """The same samples with other pixels (e.g. resized)."""
         return replace(self, images=images)
 
@@ -80,7 +84,9 @@ class Split:
                    else {k: torch.cat([v, b.targets[k]]) for k, v in a.targets.items()})
         truth = (None if a.true_labels is None and b.true_labels is None
                  else torch.cat([_truth(a), _truth(b)]))
-        return Split(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), keys,
+        images = (a.images.concat(b.images) if isinstance(a.images, FileImages)
+                  else torch.cat([a.images, b.images]))  # type: ignore[list-item]
+        return Split(images, torch.cat([a.labels, b.labels]), keys,
                      names, targets, truth)
 
     def __post_init__(self) -> None:
@@ -147,6 +153,9 @@ class DatasetSplits:
     pseudo: Split | None = None
     """Unlabeled images labelled by a teacher (``data.pseudo_labels``, Noisy Student), repeats
     allowed; their targets in ``targets["pseudo"]``, the teacher's classes as labels."""
+    storage: str | None = None
+    """Where the image files' pixels live and why (:func:`~auxilia.data.storage.choose_store`'s
+    line); None for array sources."""
     pseudo_record: dict[str, Any] | None = None
     """The pseudo-label file's sha256 and its teacher's: part of the data's fingerprint."""
 

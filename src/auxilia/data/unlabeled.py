@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from auxilia.data.config import DataConfig
+from auxilia.data.errors import DataError
 from auxilia.data.files import IMAGE_EXTENSIONS, DecodedFiles, NoReadableImage, decode_files
 from auxilia.data.folders import image_files, read_text_file, resolve_path
 from auxilia.data.hygiene import array_keys, clean_unlabeled, note_labeled_copies
-from auxilia.data.raw import DataError
 from auxilia.data.splits import SplitError, labeled_fraction, labeled_unlabeled
 from auxilia.data.types import Split
 from auxilia.data.unlabeled_paths import check_unlabeled_paths

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 
 from auxilia.data.config import DataConfig
+from auxilia.data.errors import DataError
 from auxilia.data.folders import split_of
-from auxilia.data.raw import DataError
 
 __all__ = ["check_unlabeled_paths"]
 

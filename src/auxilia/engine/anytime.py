@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
+from auxilia.data.file_images import read_pixels
 from auxilia.data.types import Split
 from auxilia.engine.anytime_files import (
     REPORT_FILES,
@@ -365,7 +366,7 @@ def _logits(setup: Any, split: Split) -> tuple[list[str], torch.Tensor]:
 def sample_images(setup: Any, size: int) -> torch.Tensor:
     data = setup.data
     split = next(s for s in (data.val, data.test, data.train) if len(s))
-    images = split.images[:size]
+    images = read_pixels(split.images, slice(0, size))
     images = images.repeat((size + len(images) - 1) // len(images), 1, 1, 1)[:size]
     with torch.no_grad():
         return setup.eval_view(images.to(setup.device)).float()

@@ -25,10 +25,12 @@ import torch
 
 from auxilia.config import SEED_MAX
 from auxilia.data.dense_augment import joint_augmentation
+from auxilia.data.file_images import FileImages
 from auxilia.data.streams import IndexStream
 from auxilia.data.types import Split
 from auxilia.data.view_shards import Shard
 from auxilia.engine.distributed import check_global_batch
+from auxilia.engine.prefetch import Prefetch
 from auxilia.engine.setup import Setup
 from auxilia.parts import LABELED, StreamSpec, view_stream
 from auxilia.ranks import Ranks, current
@@ -45,18 +47,24 @@ class Batches:
     """
 
     def __init__(self, setup: Setup, streams: dict[str, IndexStream],
-                 ranks: Ranks | None = None) -> None:
+                 ranks: Ranks | None = None, workers: int = 0) -> None:
         self.setup = setup
         self.streams = streams
         self.ranks = ranks or Ranks()
+        self.workers = workers
         for name, stream in streams.items():
             check_global_batch(name, stream.batch_size, self.ranks)
+        # a CPU run's views are built in the workers too; on a GPU, on the GPU
+        self.reader = BatchReader(setup, self.ranks, views_here=bool(workers)
+                                  and setup.device.type == "cpu")
+        self._ahead: Prefetch | None = None
 
     @classmethod
     def build(cls, setup: Setup) -> Batches:
         """The objective's streams over their splits (:func:`build_streams`), sharded over
-        the process group's ranks when there are several."""
-        return cls(setup, build_streams(setup), current())
+        the process group's ranks when there are several, prepared ahead by the run's input
+        workers (:attr:`~auxilia.engine.setup.Setup.workers`)."""
+        return cls(setup, build_streams(setup), current(), setup.workers)
 
     @property
     def labeled(self) -> IndexStream:
@@ -72,12 +80,15 @@ class Batches:
         and every declared view (:func:`make_batch`), and for each stream whether this batch
         starts or ends one of its epochs (``epoch_start_<keys>``, ``epoch_end_<keys>``: host
         booleans, so a term that acts at a stream's epoch never reads the device)."""
+        host = self._prefetched(step) if self.workers else None
         indices, edges = {}, {}
         for name, stream in self.streams.items():
             starts = stream.position == 0
             indices[name] = next(stream)
             edges[self.setup.objective.streams[name].keys] = (starts, stream.position == 0)
-        batch = make_batch(self.setup, indices, step, self.ranks)
+        if host is None:
+            host = self.reader.host(indices, step)
+        batch = self.reader.finish(host, step, self.setup.device)
         for keys, (starts, ends) in edges.items():
             batch[f"epoch_start_{keys}"] = torch.tensor(starts)
             batch[f"epoch_end_{keys}"] = torch.tensor(ends)
@@ -93,8 +104,24 @@ class Batches:
         return {name: stream.state_dict() for name, stream in self.streams.items()}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        self.close()  # what was prepared ahead came from the old position
         for name, stream_state in state.items():
             self.streams[name].load_state_dict(dict(stream_state))
+
+    def _prefetched(self, step: int) -> dict[str, Any]:
+        """Step ``step``'s host batch from the workers, started at the streams' position when
+        they are not running or prepared another step (a caller that skipped or went back)."""
+        if self._ahead is None or self._ahead.step != step:
+            self.close()
+            self._ahead = Prefetch(self.reader.host, self.streams, step, self.workers,
+                                   pin=self.setup.device.type == "cuda")
+        return self._ahead.next()
+
+    def close(self) -> None:
+        """Stops the input workers, if any (they start again at the next batch)."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
 
 def build_streams(setup: Setup) -> dict[str, IndexStream]:
@@ -140,36 +167,94 @@ def make_batch(setup: Setup, indices: Mapping[str, torch.Tensor] | torch.Tensor,
     """
     if isinstance(indices, torch.Tensor):
         indices = {LABELED: indices}
-    streams = setup.objective.streams
-    device, cfg = setup.device, setup.config
-    ranks = ranks or Ranks()
-    raw: dict[str, torch.Tensor] = {}
-    shards: dict[str, Shard | None] = {}
-    batch: dict[str, torch.Tensor] = {}
-    for name, idx in indices.items():
-        spec = streams[name]
-        shards[name] = None
-        if ranks.several:
-            rows = ranks.rows(len(idx))
-            shards[name] = Shard(rows.start, len(idx))
-            idx = idx[rows]
-        split = getattr(setup.data, spec.split)
-        raw[name] = split.images[idx].to(device, non_blocking=True)
-        if split.labels is not None and spec.split != "unlabeled":
-            batch[f"y_{spec.keys}"] = split.labels[idx].to(device, non_blocking=True)
-        targets = {f: t[idx].to(device, non_blocking=True) for f, t in
-                   (split.targets or {}).items()}
-        joint = joint_augmentation(cfg.data, list(targets), raw[name].shape[-1])
-        if targets and joint is not None:  # image and maps move together (data.dense)
-            with seeded(derive_seed(cfg.seed, "dense", spec.keys, step)):  # drawn on the CPU
-                raw[name], targets = joint(raw[name], targets, shards[name])
-        batch.update({f"target_{spec.keys}_{f}": t for f, t in targets.items()})
-        batch[f"idx_{spec.keys}"] = idx.to(device, non_blocking=True)
-    for key, view in setup.train_views.items():
-        stream = view_stream(key, streams)
-        with seeded(derive_seed(cfg.seed, "view", key, step)):  # views draw on the CPU
-            x = view(raw[stream], shards[stream])
-        if cfg.model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        batch[key] = x
-    return batch
+    reader = BatchReader.of(setup, ranks or Ranks(), views_here=False)
+    return reader.finish(reader.host(indices, step), step, setup.device)
+
+
+class BatchReader:
+    """What a step's batch is made from, apart from the model: the splits, the streams' specs,
+    the views. Its :meth:`host` half (samples gathered or decoded, dense maps augmented, and,
+    with ``views_here``, the views built on the CPU) runs in the input pipeline's worker
+    processes (:mod:`auxilia.engine.prefetch`); :meth:`finish` moves the result to the training
+    device and builds the views there when the workers did not.
+
+    Every random draw is seeded by the run's seed, a purpose, the step and (for a file's
+    crop) the sample, never by a worker: the batch of a step is the same with any number of
+    workers.
+    """
+
+    def __init__(self, setup: Setup, ranks: Ranks, views_here: bool) -> None:
+        self.data = setup.data
+        self.config = setup.config
+        self.streams = setup.objective.streams
+        self.views = setup.train_views
+        self.ranks = ranks
+        self.views_here = views_here
+
+    @classmethod
+    def of(cls, setup: Setup, ranks: Ranks, views_here: bool) -> BatchReader:
+        return cls(setup, ranks, views_here)
+
+    def host(self, indices: Mapping[str, torch.Tensor], step: int) -> dict[str, Any]:
+        """This rank's samples of every stream on the CPU (and the views, ``views_here``)."""
+        cfg = self.config
+        out: dict[str, Any] = {"raw": {}, "shards": {}, "batch": {}}
+        for name, idx in indices.items():
+            spec = self.streams[name]
+            shard = None
+            if self.ranks.several:
+                rows = self.ranks.rows(len(idx))
+                shard = Shard(rows.start, len(idx))
+                idx = idx[rows]
+            split = getattr(self.data, spec.split)
+            raw = _pixels(split.images, idx, cfg.seed, spec.keys, step)
+            batch = out["batch"]
+            if split.labels is not None and spec.split != "unlabeled":
+                batch[f"y_{spec.keys}"] = split.labels[idx]
+            targets = {f: t[idx] for f, t in (split.targets or {}).items()}
+            joint = joint_augmentation(cfg.data, list(targets), raw.shape[-1])
+            if targets and joint is not None:  # image and maps move together (data.dense)
+                with seeded(derive_seed(cfg.seed, "dense", spec.keys, step)):
+                    raw, targets = joint(raw, targets, shard)
+            batch.update({f"target_{spec.keys}_{f}": t for f, t in targets.items()})
+            batch[f"idx_{spec.keys}"] = idx
+            out["raw"][name], out["shards"][name] = raw, shard
+        if self.views_here:
+            out["batch"].update(self._views(out["raw"], out["shards"], step))
+            out["raw"] = {}
+        return out
+
+    def finish(self, host: Mapping[str, Any], step: int, device: torch.device
+               ) -> dict[str, torch.Tensor]:
+        """The step's batch on ``device``: :meth:`host`'s result moved, its views built."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+        batch = {k: move(v) for k, v in host["batch"].items()}
+        if host["raw"]:
+            raw = {name: move(x) for name, x in host["raw"].items()}
+            batch.update(self._views(raw, host["shards"], step))
+        return batch
+
+    def _views(self, raw: Mapping[str, torch.Tensor], shards: Mapping[str, Shard | None],
+               step: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, view in self.views.items():
+            stream = view_stream(key, self.streams)
+            with seeded(derive_seed(self.config.seed, "view", key, step)):  # on the CPU
+                x = view(raw[stream], shards[stream])
+            if self.config.model.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out[key] = x
+        return out
+
+
+def _pixels(images: torch.Tensor | FileImages, idx: torch.Tensor, seed: int, keys: str,
+            step: int) -> torch.Tensor:
+    """The ``uint8`` samples ``idx`` of a split's store. A file's random-resized crop is drawn
+    from a generator seeded by (seed, ``crop``, the stream, the step, the sample)."""
+    if not isinstance(images, FileImages):
+        return images[idx]
+    seeds = None
+    if images.decoding.crop == "random_resized":
+        seeds = [derive_seed(seed, "crop", keys, step, int(i)) for i in idx]
+    return images.read(idx, seeds)

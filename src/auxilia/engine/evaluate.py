@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from auxilia.data.streams import eval_batches
+from auxilia.data.file_images import pixel_batches
 from auxilia.data.types import Split
 from auxilia.losses import topk_correct
 
@@ -22,22 +22,23 @@ def autocast(device: torch.device, enabled: bool, dtype: torch.dtype
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Contiguous (images, labels) batches of a split, in order."""
-    for rows in eval_batches(len(split), batch_size):
-        yield split.images[rows], split.labels[rows]
+def batches(split: Split, batch_size: int, workers: int = 0
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Contiguous (images, labels) batches of a split, in order (:func:`pixel_batches`)."""
+    for rows, images in pixel_batches(split.images, batch_size, workers):
+        yield images, split.labels[rows]
 
 
 def _forwards(model: nn.Module, split: Split, view: nn.Module, batch_size: int,
-              device: torch.device, amp: bool, amp_dtype: torch.dtype, channels_last: bool
-              ) -> Iterator[tuple[slice, dict]]:
+              device: torch.device, amp: bool, amp_dtype: torch.dtype, channels_last: bool,
+              workers: int = 0) -> Iterator[tuple[slice, dict]]:
     """``(rows, outputs)`` of ``model`` in eval mode over ``split`` in order, through ``view``;
     the model's mode is restored at the end."""
     was_training = model.training
     model.eval()
     try:
-        for rows in eval_batches(len(split), batch_size):
-            x = view(split.images[rows].to(device, non_blocking=True))
+        for rows, images in pixel_batches(split.images, batch_size, workers):
+            x = view(images.to(device, non_blocking=True))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp, amp_dtype):
@@ -61,7 +62,7 @@ def _dense_errors(outs: dict, targets: dict[str, torch.Tensor], sums: dict[str, 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int,
              device: torch.device, amp: bool = False, amp_dtype: torch.dtype = torch.bfloat16,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, workers: int = 0) -> dict[str, float]:
     """Accuracy of every exit with logits on a split; for a split with dense targets
     (``Split.targets``), every exit's mean squared error on each target field instead.
 
@@ -74,7 +75,7 @@ def evaluate(model: nn.Module, split: Split, view: nn.Module, *, batch_size: int
     dense: dict[str, torch.Tensor] = {}
     loss_sum = torch.zeros((), device=device)
     for rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
-                                channels_last):
+                                channels_last, workers):
         y = split.labels[rows].to(device)
         if split.targets is not None:
             _dense_errors(outs, {k: v[rows].to(device) for k, v in split.targets.items()},
@@ -111,8 +112,8 @@ def _dense_metrics(sums: dict[str, torch.Tensor], split: Split) -> dict[str, flo
 @torch.no_grad()
 def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, threshold: float, *,
                          batch_size: int, device: torch.device, amp: bool = False,
-                         amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
-                         ) -> dict[str, float]:
+                         amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False,
+                         workers: int = 0) -> dict[str, float]:
     """How good the main exit's pseudo-labels are on unlabeled samples whose labels are known
     (``split.true_labels``; an unlabeled split carved from a labeled source).
 
@@ -126,7 +127,7 @@ def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, thresh
         return {}
     right = above = right_above = 0
     for rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
-                                channels_last):
+                                channels_last, workers):
         confidence, guess = outs["final"]["logits"].float().softmax(1).max(1)
         hit = guess.cpu() == truth[rows]
         sure = (confidence >= threshold).cpu()
@@ -143,13 +144,13 @@ def pseudo_label_quality(model: nn.Module, split: Split, view: nn.Module, thresh
 @torch.no_grad()
 def probabilities(model: nn.Module, split: Split, view: nn.Module, temperature: float = 1.0, *,
                   batch_size: int, device: torch.device, amp: bool = False,
-                  amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False
-                  ) -> torch.Tensor:
+                  amp_dtype: torch.dtype = torch.bfloat16, channels_last: bool = False,
+                  workers: int = 0) -> torch.Tensor:
     """``softmax(logits / T)`` of the main exit over ``split``, in eval mode, in order:
     ``[N, K]`` float32 on the CPU (a teacher labelling unlabeled images, Noisy Student)."""
     rows_out = []
     for _rows, outs in _forwards(model, split, view, batch_size, device, amp, amp_dtype,
-                                 channels_last):
+                                 channels_last, workers):
         rows_out.append((outs["final"]["logits"].float() / temperature).softmax(1).cpu())
     return torch.cat(rows_out) if rows_out else torch.zeros(0, 0)
 
@@ -167,11 +168,14 @@ class Evaluator:
     amp: bool = False
     amp_dtype: torch.dtype = torch.bfloat16
     channels_last: bool = False
+    workers: int = 0
+    """Processes decoding the file store's images ahead of the forwards (none for tensors)."""
 
     def metrics(self, model: nn.Module, split: Split) -> dict[str, float]:
         """:func:`evaluate` of ``model`` on ``split``."""
         return evaluate(model, split, self.view, batch_size=self.batch_size, device=self.device,
-                        amp=self.amp, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+                        amp=self.amp, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                        workers=self.workers)
 
     def pseudo_labels(self, model: nn.Module, split: Split, threshold: float
                       ) -> dict[str, float]:
@@ -179,11 +183,11 @@ class Evaluator:
         return pseudo_label_quality(model, split, self.view, threshold,
                                     batch_size=self.batch_size, device=self.device,
                                     amp=self.amp, amp_dtype=self.amp_dtype,
-                                    channels_last=self.channels_last)
+                                    channels_last=self.channels_last, workers=self.workers)
 
     def probabilities(self, model: nn.Module, split: Split, temperature: float = 1.0
                       ) -> torch.Tensor:
         """:func:`probabilities` of ``model`` on ``split``."""
         return probabilities(model, split, self.view, temperature, batch_size=self.batch_size,
                              device=self.device, amp=self.amp, amp_dtype=self.amp_dtype,
-                             channels_last=self.channels_last)
+                             channels_last=self.channels_last, workers=self.workers)

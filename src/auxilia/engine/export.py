@@ -36,6 +36,7 @@ from torch import nn
 from auxilia import jsonio
 from auxilia.atomic_files import atomic_write, atomic_write_path
 from auxilia.data.config import RESIZE_METHOD
+from auxilia.data.file_images import read_pixels
 from auxilia.engine.checkpoint import resolve_checkpoint
 from auxilia.engine.export_checks import all_or_nothing, check_out, check_packages
 from auxilia.engine.header import data_lines, model_line
@@ -232,7 +233,7 @@ def example_batch(setup: Setup, size: int = 2) -> torch.Tensor:
     """``size`` normalised images of the run's dataset (validation, else test, else train)."""
     data = setup.data
     split = next((s for s in (data.val, data.test, data.train) if len(s)), data.train)
-    images = split.images[:size]
+    images = read_pixels(split.images, slice(0, size))
     if len(images) < size:
         images = images.repeat(size, 1, 1, 1)[:size]
     with torch.no_grad():

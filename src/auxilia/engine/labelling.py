@@ -39,7 +39,7 @@ from auxilia.engine.device import pick_device
 from auxilia.engine.evaluate import Evaluator
 from auxilia.engine.owned import OwnedFolder
 from auxilia.engine.runfolder import RunFolderError
-from auxilia.engine.setup import eval_view
+from auxilia.engine.setup import eval_view, input_workers
 from auxilia.engine.teacher import build_teacher
 from auxilia.seeding import derive_seed
 from auxilia.strict import Strict
@@ -161,7 +161,8 @@ def _label(config: Config, settings: LabelSettings) -> tuple[PseudoLabels, dict[
     teacher = build_teacher(config.teacher, data, device)
     assert teacher is not None  # config.teacher is set
     evaluator = Evaluator(eval_view(data, device), config.data.eval_batch_size, device,
-                          config.train.amp, getattr(torch, config.train.amp_dtype))
+                          config.train.amp, getattr(torch, config.train.amp_dtype),
+                          workers=input_workers(config.data, data, device))
     probs = evaluator.probabilities(teacher.model, unlabeled, settings.temperature)
     confidence, predicted = probs.max(1)
     k = data.num_classes

@@ -53,31 +53,34 @@ def run_loop(run: RunContext, callbacks: Sequence[Callback], stop: StopFlag) -> 
         bar.message(test_eval_note(cfg.train.test_eval, len(run.setup.data.test)))
     meter = TrainMeter()
     t_start = time.perf_counter()
-    while loop.step < total:
-        result, batch = train_step(run, stepper)
-        if result.committed:
-            meter.add(result.losses, result.outputs, batch)
-        if callbacks:  # a host read of every loss: only when someone listens
-            values = {k: float(v.detach()) for k, v in result.losses.items()}
-            for cb in callbacks:
-                cb(loop.step, values)
-        if loop.step % spe == 0:
-            run.objective.on_epoch_end(loop.step // spe - 1)
-        if loop.step % cfg.train.log_every == 0 or loop.step == total:
-            stepper.check()  # a non-finite step never reaches the log
-            _log_train(run, meter)
-        if loop.step % eval_every == 0 or loop.step == total:
-            stepper.check()
-            loop.train_seconds += time.perf_counter() - t_start
-            loop.wall_seconds = clock.now()
-            same_buffers(run.models, ranks)  # every rank evaluates and selects rank 0's model
-            evaluate_and_save(run, test_now=test_always or loop.step == total)
-            t_start = time.perf_counter()
-        if any_rank(stop.requested, run.setup.device, ranks):  # all ranks stop at one step
-            loop.train_seconds += time.perf_counter() - t_start
-            loop.wall_seconds = clock.now()
-            stepper.check()
-            _stop(run, stop)
+    try:
+        while loop.step < total:
+            result, batch = train_step(run, stepper)
+            if result.committed:
+                meter.add(result.losses, result.outputs, batch)
+            if callbacks:  # a host read of every loss: only when someone listens
+                values = {k: float(v.detach()) for k, v in result.losses.items()}
+                for cb in callbacks:
+                    cb(loop.step, values)
+            if loop.step % spe == 0:
+                run.objective.on_epoch_end(loop.step // spe - 1)
+            if loop.step % cfg.train.log_every == 0 or loop.step == total:
+                stepper.check()  # a non-finite step never reaches the log
+                _log_train(run, meter)
+            if loop.step % eval_every == 0 or loop.step == total:
+                stepper.check()
+                loop.train_seconds += time.perf_counter() - t_start
+                loop.wall_seconds = clock.now()
+                same_buffers(run.models, ranks)  # every rank evaluates and selects rank 0's model
+                evaluate_and_save(run, test_now=test_always or loop.step == total)
+                t_start = time.perf_counter()
+            if any_rank(stop.requested, run.setup.device, ranks):  # all ranks stop at one step
+                loop.train_seconds += time.perf_counter() - t_start
+                loop.wall_seconds = clock.now()
+                stepper.check()
+                _stop(run, stop)
+    finally:
+        run.batches.close()  # the input workers, whatever ended the loop
     loop.wall_seconds = clock.now()
     bar.close()
 

@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 from auxilia.config import Config
+from auxilia.data.config import DataConfig
+from auxilia.data.file_images import FileImages
+from auxilia.data.files import cpu_count
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits, Split
 from auxilia.data.views import build_view
@@ -45,6 +48,8 @@ class Setup:
     unlabeled_monitor: Split | None = None
     """Up to :data:`MONITOR_SAMPLES` unlabeled samples whose labels are known, on which every
     evaluation measures the pseudo-labels' quality (never used for training or selection)."""
+    workers: int = 0
+    """The input pipeline's worker processes (:func:`input_workers`)."""
 
     @property
     def amp_dtype(self) -> torch.dtype:
@@ -55,7 +60,7 @@ class Setup:
         """The run's evaluation settings (view, batch size, device, precision), bound once."""
         cfg = self.config
         return Evaluator(self.eval_view, cfg.data.eval_batch_size, self.device,
-                         cfg.train.amp, self.amp_dtype, cfg.model.channels_last)
+                         cfg.train.amp, self.amp_dtype, cfg.model.channels_last, self.workers)
 
 
 def seed_everything(seed: int, purpose: str = "build") -> None:
@@ -130,7 +135,25 @@ def build_setup(config: Config, data: DatasetSplits | None = None, *, training: 
         model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     torch.manual_seed(derive_seed(config.seed, "train"))  # dropout & co., whatever was built
     return Setup(config, device, data, model, objective, views, eval_view(data, device),
-                 unlabeled_monitor(data, config.data.split_seed))
+                 unlabeled_monitor(data, config.data.split_seed),
+                 input_workers(config.data, data, device))
+
+
+def input_workers(cfg: DataConfig, data: DatasetSplits, device: torch.device) -> int:
+    """The input pipeline's worker processes: ``data.num_workers``, or for ``auto`` every
+    core up to :data:`MAX_AUTO_WORKERS` when images are read from files (decoding is the
+    work), :data:`MEMORY_WORKERS` otherwise (indexing and views only). Batches are the same
+    with any number (:mod:`auxilia.engine.prefetch`)."""
+    if cfg.num_workers != "auto":
+        return cfg.num_workers
+    if isinstance(data.train.images, FileImages):
+        return min(cpu_count(), MAX_AUTO_WORKERS)
+    return MEMORY_WORKERS[device.type == "cuda"]
+
+
+MAX_AUTO_WORKERS = 8
+MEMORY_WORKERS = (0, 2)
+"""``auto`` workers of the memory store, on the CPU and on a GPU."""
 
 
 def step_views(objective: Objective, batch_size: int) -> int:
