@@ -22,10 +22,12 @@ import torch
 
 from auxilia.data.config import DataConfig
 from auxilia.data.errors import DataError
+from auxilia.data.file_images import FileImages
 from auxilia.data.files import IMAGE_EXTENSIONS, DecodedFiles, NoReadableImage, decode_files
 from auxilia.data.folders import image_files, read_text_file, resolve_path
 from auxilia.data.hygiene import array_keys, clean_unlabeled, note_labeled_copies
 from auxilia.data.splits import SplitError, labeled_fraction, labeled_unlabeled
+from auxilia.data.storage import StoreChoice
 from auxilia.data.types import Split
 from auxilia.data.unlabeled_paths import check_unlabeled_paths
 
@@ -135,10 +137,18 @@ def _check_shape(images: torch.Tensor, like: Split, cfg: DataConfig, where: str)
                         f"data.image_size={max(lh, lw)}) to resize every image to one size")
 
 
-def _decode(files: list[Path], cfg: DataConfig, path: Path) -> DecodedFiles:
+def _store_like(like: Split) -> StoreChoice | None:
+    """The labeled images' store: the unlabeled images are kept as they are."""
+    if not isinstance(like.images, FileImages):
+        return None
+    return StoreChoice("files", like.images.decoding.crop, "")
+
+
+def _decode(files: list[Path], cfg: DataConfig, path: Path, store: StoreChoice | None
+            ) -> DecodedFiles:
     """:func:`decode_files`, naming ``data.unlabeled`` when not one file can be read."""
     try:
-        return decode_files(files, cfg)
+        return decode_files(files, cfg, store)
     except NoReadableImage as err:
         shown = f"{cfg.unlabeled}" + ("" if str(path) == cfg.unlabeled else f" ({path})")
         listing = "; ".join(f"{p} ({why})" for p, why in err.bad[:3])
@@ -180,7 +190,7 @@ def read_unlabeled(cfg: DataConfig, like: Split, array_source: bool,
     check_unlabeled_paths(cfg, path, files, labeled or {})
     size = _decode_size(cfg, like, array_source)
     decoded = _decode(files, cfg if size == cfg.size else cfg.model_copy(
-        update={"image_size": size}), path)
+        update={"image_size": size}), path, _store_like(like))
     kept = torch.nonzero(decoded.kept).flatten()
     _check_shape(decoded.images, like, cfg, f"{path} (e.g. {files[int(kept[0])]})")
     keys = array_keys(decoded.images) if array_source else decoded.keys[kept]

@@ -27,18 +27,16 @@ is what the run folder and its checkpoints record. Every command resolves throug
 
 from __future__ import annotations
 
-import os
-import stat
 import statistics
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from auxilia.config import Config
 from auxilia.data import folders
 from auxilia.data.config import DataConfig
 from auxilia.data.raw import DataError
+from auxilia.data.storage import peek_sides
 from auxilia.data.types import DatasetSplits
 from auxilia.engine.device import pick_device
 from auxilia.models.pretrained import gpu_pretrained_choice, pretrained_input_size
@@ -49,7 +47,6 @@ __all__ = ["AUTO", "choose", "native_shape", "resolve", "resolve_auto", "resolve
 
 AUTO = "auto"
 SMALL, CPU_SIZE, GPU_SIZE = 36, 32, 64
-_PEEK = 64  # file headers read to learn the images' size
 
 _ARRAY_SHAPES = {"digits": (1, 8), "mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28),
                  "cifar10": (3, 32), "cifar100": (3, 32), "svhn": (3, 32), "stl10": (3, 96)}
@@ -92,16 +89,7 @@ def native_shape(cfg: DataConfig) -> tuple[int, int, bool] | None:
         files = _train_files(cfg)
     except (DataError, OSError):
         return None
-    step = max(1, len(files) // _PEEK)
-    sides = []
-    for path in files[::step][:_PEEK]:
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                continue  # a FIFO or device is never opened; the decoder names it
-            with Image.open(path) as im:  # reads the header only
-                sides.append(max(im.size))
-        except (OSError, ValueError):
-            continue
+    sides = peek_sides(files)
     if not sides:
         return None
     return (1 if cfg.grayscale else 3), int(statistics.median(sides)), len(set(sides)) > 1
