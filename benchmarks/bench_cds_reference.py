@@ -83,10 +83,11 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision import transforms as T
 
 from auxilia.config import Config, load_config
+from auxilia.data.file_images import FileImages
 from auxilia.data.sources import load_dataset
 from auxilia.data.types import DatasetSplits
 from auxilia.engine import train
-from auxilia.engine.setup import build_setup
+from auxilia.engine.setup import build_setup, input_workers
 from auxilia.losses import supcon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,13 @@ def auxilia_run(config: Config, data: DatasetSplits, warmup: int
     return *steady(ordered, warmup), result.summary
 
 
+def auxilia_input(config: Config, data: DatasetSplits) -> dict[str, Any]:
+    """How auxilia reads this run's images: its store and input worker processes (the
+    defaults are ``auto``, resolved from the data and the device)."""
+    store = "files" if isinstance(data.train.images, FileImages) else "memory"
+    return {"storage": store, "workers": input_workers(config.data, data, torch.device("cpu"))}
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -232,6 +240,7 @@ def measure(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         data = load_dataset(base.data, seed=base.seed)  # once: every run reads the same splits
         report["data_load_s"] = round(time.perf_counter() - start, 1)
+        report["auxilia_input"] = auxilia_input(base, data)
         for repeat in range(args.repeats):
             for precision in TARGETS:
                 amp = precision == "bf16"
@@ -265,7 +274,9 @@ def table(report: dict) -> str:
         f"of {report['steps']} steps after {report['warmup']} warm-up steps, mean ± std. "
         f"Reference: DataLoader with {report['reference_workers']} workers, per-sample PIL "
         f"transforms; auxilia: `auxilia.engine.train`, "
-        + (f"data.num_workers={workers}." if workers is not None else "default data settings."),
+        + (f"data.num_workers={workers}" if workers is not None else "default data settings")
+        + (f" ({inp['storage']} store, {inp['workers']} input workers)."
+           if (inp := report.get("auxilia_input")) else "."),
         "",
         "| precision | reference loop (ms/step) | auxilia (ms/step) | auxilia images/s "
         "(whole run) | speed-up (reference / auxilia) | target | |",

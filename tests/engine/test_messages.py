@@ -211,7 +211,7 @@ def test_every_export_format_needs_only_the_main_install(
     ("model.kwargs=3", "model.kwargs: must be a mapping, such as {key: value} (got 3)"),
     ("optim.betas=[0.9]", "optim.betas: must hold 2 values (expected list of 2 values "
                           "[float, float], got [0.9])"),
-    ("data=3", "data: must be a mapping of its keys: augment, batch_size, csv, dense, ... "
+    ("data=3", "data: must be a mapping of its keys: augment, batch_size, center_crop, crop, ... "
                "(got 3)"),
     ("optim.lrr=1", "optim.lrr: unknown key (did you mean 'lr'?); valid keys here: betas, "
                     "decay_norm_and_bias, grad_clip, lr, momentum, name, nesterov, weight_decay"),

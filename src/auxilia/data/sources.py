@@ -76,7 +76,8 @@ def split_stats(split: Split) -> tuple[tuple[float, ...], ...]:
         return tuple(mean), tuple(std)
     except (OSError, ValueError):
         pass
-    stats = channel_stats(split.images.read(rows))
+    stats = channel_stats(torch.cat([split.images.read(rows[i : i + 256])  # bounded memory
+                                     for i in range(0, len(rows), 256)]))
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cached, lambda f: f.write(json.dumps(stats).encode()))
@@ -380,8 +381,10 @@ def load_dataset(cfg: DataConfig, seed: int | None = None, *, source: RawData | 
     note = small_val_note(len(val), len(raw.classes), *carved,
                           val_per_class=cfg.val_per_class if raw.val is None else None)
     raw.notes += [note] if note else []
+    cropped = raw.store is not None and raw.store.crop == "random_resized"
     data = DatasetSplits(train=train, val=val, test=test, classes=list(raw.classes),
-                         mean=tuple(mean), std=tuple(std), family=raw.family,
+                         mean=tuple(mean), std=tuple(std),
+                         family="natural_cropped" if cropped else raw.family,
                          unlabeled=unlabeled, notes=raw.notes, origins=origins,
                          storage=raw.store.line if raw.store is not None else None)
     if cfg.pseudo_labels is not None:

@@ -20,7 +20,7 @@ from PIL import Image
 from auxilia.data.config import DataConfig
 from auxilia.data.errors import DataError
 from auxilia.data.file_images import Decoding
-from auxilia.data.host_memory import cpu_available_bytes, gib
+from auxilia.data.host_memory import check_decoded_size, cpu_available_bytes, gib
 
 __all__ = ["PEEK", "StoreChoice", "choose_store", "peek_sides"]
 
@@ -102,6 +102,9 @@ def choose_store(cfg: DataConfig, paths: Sequence[str | os.PathLike[str]]) -> St
                               f"budget {gib(budget)} ({whence}): read from disk by the input "
                               "pipeline; data.storage=memory loads them anyway, "
                               "data.memory_budget=... sets the budget")
+    if kind == "files":  # a batch must still fit: a side of 200,000 is refused here
+        check_decoded_size(min(len(paths), max(cfg.batch_size, cfg.eval_batch_size)), channels,
+                           side, side, f"a batch of image files at data.image_size={side}")
     crop = _crop(cfg, kind, native)
     if crop == "random_resized":
         why += (f"; crop random_resized (training: scale {list(cfg.crop_scale)} at full "

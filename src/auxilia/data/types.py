@@ -134,7 +134,8 @@ class DatasetSplits:
         classes: class names, index = label.
         mean, std: per-channel normalisation statistics in [0, 1] units.
         family: augmentation family: ``"digits"`` (no flips, small shifts), ``"natural"``
-            (crop + flip), or ``"natural_noflip"`` (crop only, e.g. SVHN house numbers).
+            (crop + flip), ``"natural_noflip"`` (crop only, e.g. SVHN house numbers), or
+            ``"natural_cropped"`` (flips only: the file store's random-resized crops).
     """
 
     train: Split

@@ -44,8 +44,10 @@ from auxilia.data.view_shards import (
 __all__ = ["FAMILIES", "VIEWS", "ColorAugment", "Cutout", "GaussianNoise", "Shard", "Staged",
            "View", "build_view", "cutout_mask", "resolve_view_name", "to_unit_float"]
 
-FAMILIES: tuple[str, ...] = ("digits", "natural", "natural_noflip")
-"""Augmentation families a dataset can declare (see ``DatasetSplits.family``)."""
+FAMILIES: tuple[str, ...] = ("digits", "natural", "natural_noflip", "natural_cropped")
+"""Augmentation families a dataset can declare (see ``DatasetSplits.family``);
+``natural_cropped``: natural images whose samples are random-resized crops already (the file
+store's ``data.crop=random_resized``)."""
 
 ViewFactory = Callable[[str, int], nn.Module | None]
 """``factory(family, image_size)``: the augmentation applied to ``[0, 1]`` floats, or None."""
@@ -155,7 +157,11 @@ def _weak(family: str, image_size: int) -> nn.Module:
 
     ``digits``: zero-padded random crop (black background), never flipped.
     ``natural_noflip``: reflect-padded random crop. ``natural``: the same plus horizontal flips.
+    ``natural_cropped``: flips only (the sample is a random-resized crop, translated and
+    scaled already, as in the ImageNet recipe).
     """
+    if family == "natural_cropped":
+        return K.RandomHorizontalFlip(p=0.5)
     size = (image_size, image_size)
     pad = _padding(image_size)
     if family == "digits":

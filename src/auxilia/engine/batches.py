@@ -86,9 +86,10 @@ class Batches:
             starts = stream.position == 0
             indices[name] = next(stream)
             edges[self.setup.objective.streams[name].keys] = (starts, stream.position == 0)
-        if host is None:
-            host = self.reader.host(indices, step)
-        batch = self.reader.finish(host, step, self.setup.device)
+        if host is None:  # in this process, between steps
+            batch = make_batch(self.setup, indices, step, self.ranks)
+        else:
+            batch = self.reader.finish(host, step, self.setup.device)
         for keys, (starts, ends) in edges.items():
             batch[f"epoch_start_{keys}"] = torch.tensor(starts)
             batch[f"epoch_end_{keys}"] = torch.tensor(ends)
