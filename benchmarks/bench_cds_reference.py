@@ -278,19 +278,29 @@ def table(report: dict) -> str:
         + (f" ({inp['storage']} store, {inp['workers']} input workers)."
            if (inp := report.get("auxilia_input")) else "."),
         "",
-        "| precision | reference loop (ms/step) | auxilia (ms/step) | auxilia images/s "
-        "(whole run) | speed-up (reference / auxilia) | target | |",
-        "|---|---|---|---|---|---|---|"]
+        "| auxilia precision | auxilia (ms/step) | auxilia images/s (whole run) | reference "
+        "as published, fp32 (ms/step) | speed-up over it | target | | reference with the same "
+        "precision (ms/step) | speed-up over it |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    published = report["precisions"]["fp32"]["reference_s"]  # the CDS code trains in fp32
     for precision, row in report["precisions"].items():
-        ref = mean_std([1e3 * s for s in row["reference_s"]])
         aux = mean_std([1e3 * s for s in row["auxilia_s"]])
         ips = mean_std(row["auxilia_images_per_s"])
+        ref = mean_std([1e3 * s for s in published])
+        over = mean_std([r / a for r, a in zip(published, row["auxilia_s"], strict=True)])
+        same = mean_std([1e3 * s for s in row["reference_s"]])
         speed = mean_std(row["speedup"])
         target = TARGETS[precision]
-        verdict = "met" if speed[0] >= target else "**missed**"
-        lines.append(f"| {precision} | {ref[0]:.0f} ± {ref[1]:.0f} | {aux[0]:.0f} ± {aux[1]:.0f} "
-                     f"| {ips[0]:.0f} ± {ips[1]:.0f} | {speed[0]:.2f} ± {speed[1]:.2f} "
-                     f"| ≥ {target:.1f} | {verdict} |")
+        verdict = "met" if over[0] >= target else "**missed**"
+        lines.append(f"| {precision} | {aux[0]:.0f} ± {aux[1]:.0f} | {ips[0]:.0f} ± {ips[1]:.0f} "
+                     f"| {ref[0]:.0f} ± {ref[1]:.0f} | {over[0]:.2f} ± {over[1]:.2f} "
+                     f"| ≥ {target:.1f} | {verdict} | {same[0]:.0f} ± {same[1]:.0f} "
+                     f"| {speed[0]:.2f} ± {speed[1]:.2f} |")
+    lines += ["", "The targets compare auxilia with the reference loop as the published code runs "
+              "it, in fp32 (it has no mixed precision on the CPU). Given bf16 autocast too, the "
+              "reference's step is the model's compute plus what its loader workers take from "
+              "the two cores, and auxilia's advantage shrinks to the input pipeline's share of "
+              "the step (last column)."]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ Two decodings (:class:`Decoding`):
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from auxilia.data.decode import (
 from auxilia.data.errors import DataError
 from auxilia.data.streams import eval_batches
 
-__all__ = ["CROPS", "Decoding", "FileImages", "pixel_batches", "read_pixels", "worker_context"]
+__all__ = ["CROPS", "Decoding", "FileImages", "pixel_batches", "quiet_worker", "read_pixels",
+           "worker_context"]
 
 CROPS = ("resize", "random_resized")
 
@@ -194,7 +196,8 @@ def pixel_batches(images: torch.Tensor | FileImages, batch_size: int, workers: i
         return
     loader = torch.utils.data.DataLoader(_EvalReads(images, batches), batch_size=None,
                                          num_workers=min(workers, len(batches)),
-                                         multiprocessing_context=worker_context())
+                                         multiprocessing_context=worker_context(),
+                                         worker_init_fn=quiet_worker)
     yield from zip(batches, loader, strict=True)
 
 
@@ -202,3 +205,11 @@ def worker_context() -> str | None:
     """Fork where there is one (Linux: workers start at once and share the parent's pages),
     else the platform's default."""
     return "fork" if sys.platform == "linux" else None
+
+
+def quiet_worker(_worker_id: int = 0) -> None:
+    """An input worker leaves Ctrl-C and SIGTERM to the training process: a terminal's Ctrl-C
+    reaches every process of its group, and the run stops by finishing its step, saving, and
+    then shutting its workers down (they also exit when the training process dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -168,7 +168,7 @@ def make_batch(setup: Setup, indices: Mapping[str, torch.Tensor] | torch.Tensor,
     """
     if isinstance(indices, torch.Tensor):
         indices = {LABELED: indices}
-    reader = BatchReader.of(setup, ranks or Ranks(), views_here=False)
+    reader = BatchReader(setup, ranks or Ranks(), views_here=False)
     return reader.finish(reader.host(indices, step), step, setup.device)
 
 
@@ -191,10 +191,6 @@ class BatchReader:
         self.views = setup.train_views
         self.ranks = ranks
         self.views_here = views_here
-
-    @classmethod
-    def of(cls, setup: Setup, ranks: Ranks, views_here: bool) -> BatchReader:
-        return cls(setup, ranks, views_here)
 
     def host(self, indices: Mapping[str, torch.Tensor], step: int) -> dict[str, Any]:
         """This rank's samples of every stream on the CPU (and the views, ``views_here``)."""

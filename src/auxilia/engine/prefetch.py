@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from auxilia.data.file_images import worker_context
+from auxilia.data.errors import DataError
+from auxilia.data.file_images import quiet_worker, worker_context
 from auxilia.data.streams import IndexStream
 
 __all__ = ["PREFETCH", "Prefetch"]
@@ -75,13 +76,20 @@ class Prefetch:
         self.step = first
         loader = DataLoader(_StepBatches(build), batch_size=None, sampler=_Steps(streams, first),
                             num_workers=workers, prefetch_factor=PREFETCH, pin_memory=pin,
-                            multiprocessing_context=worker_context())
+                            multiprocessing_context=worker_context(), worker_init_fn=quiet_worker)
         self._batches: Iterator[Any] | None = iter(loader)
 
     def next(self) -> Any:
         """The host batch of step :attr:`step` (then the step after)."""
         assert self._batches is not None, "Prefetch used after close()"
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise DataError(f"an input worker process died ({exc}), e.g. out of memory or a "
+                            "crash in an image decoder; set data.num_workers=0 to prepare "
+                            "batches in the training process and find the file") from None
         self.step += 1
         return batch
 
