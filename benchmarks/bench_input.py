@@ -161,7 +161,7 @@ def pipeline_rate(setup: Setup, steps: int, warmup: int) -> float:
 
 def host_rate(setup: Setup, steps: int) -> float:
     """Samples/s of the host half alone, in this process (a GPU run's worker: no views)."""
-    reader = BatchReader.of(setup, Ranks(), views_here=False)
+    reader = BatchReader(setup, Ranks(), views_here=False)
     streams = build_streams(setup)
     reader.host({name: next(s) for name, s in streams.items()}, 0)  # warm-up
     start = time.perf_counter()
@@ -171,13 +171,14 @@ def host_rate(setup: Setup, steps: int) -> float:
 
 
 def measure_set(name: str, root: Path, size: int, stores: dict[str, tuple[str, list[str]]],
-                args: argparse.Namespace, report: dict) -> None:
+                args: argparse.Namespace, repeats: int, report: dict) -> None:
     """Every store, method and worker count of one image set (``stores``: store -> crop and
     extra overrides)."""
     for store, (crop, extra) in stores.items():
         config = data_config(root, size, store, crop, extra)
         data, first = timed_load(config)
         entry = {"set": name, "store": store, "crop": crop, "train": len(data.train),
+                 "repeats": repeats,
                  "load_s": [first], "auto": input_workers(config.data, data, torch.device("cpu"))}
         if store == "files":  # the second load reads the index cache
             data, again = timed_load(config)
@@ -189,14 +190,12 @@ def measure_set(name: str, root: Path, size: int, stores: dict[str, tuple[str, l
                 cfg = data_config(root, size, store, crop, [*extra, f"method={method}",
                                                             f"data.num_workers={workers}"])
                 setup = build_setup(cfg, data)
-                rates = [pipeline_rate(setup, args.steps, args.warmup)
-                         for _ in range(args.repeats)]
+                rates = [pipeline_rate(setup, args.steps, args.warmup) for _ in range(repeats)]
                 entry["rates"][f"{method}/{workers}"] = rates
                 print(f"  {method} {workers} workers: {mean_std(rates)[0]:.0f} images/s",
                       flush=True)
                 if store == "files" and method == "supervised" and workers == 0:
-                    entry["host"] = [host_rate(setup, args.host_steps)
-                                     for _ in range(args.repeats)]
+                    entry["host"] = [host_rate(setup, args.host_steps) for _ in range(repeats)]
         report["pipeline"].append(entry)
         del data
 
@@ -231,8 +230,12 @@ def rss_child(root: str, store: str, steps: int, runs: str) -> None:
         f"run.dir={runs}", "run.progress=off", "run.tensorboard=false", "run.plot=false"])
     start = time.perf_counter()
     train(config, overwrite=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"rss_mib": peak, "seconds": time.perf_counter() - start}))
+    # ru_maxrss keeps the peak of the process that forked and exec'd this one (Linux carries
+    # it over exec), here the benchmark's own gigabytes: VmHWM is this process image's peak.
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"rss_mib": hwm / 1024, "seconds": time.perf_counter() - start,
+                      "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def measure_rss(tmp: Path, args: argparse.Namespace) -> list[dict]:
@@ -249,7 +252,7 @@ def measure_rss(tmp: Path, args: argparse.Namespace) -> list[dict]:
                 [sys.executable, __file__, "--rss-child", str(root), store,
                  str(args.rss_steps), str(tmp / "runs")], check=True, capture_output=True,
                 text=True)
-            row = {"multiple": k, "files": files, "store": store,
+            row = {"multiple": k, "files": files, "store": store, "steps": args.rss_steps,
                    "decoded_mib": files * 3 * 64 * 64 / 2**20,
                    **json.loads(out.stdout.strip().splitlines()[-1])}
             print(row, flush=True)
@@ -268,13 +271,15 @@ def run(args: argparse.Namespace) -> dict:
     try:
         measure_set("32 px CIFAR-10 JPEGs", CIFAR, 32, {
             "memory": ("resize", [f"data.train_subset={args.cifar_subset}"]),
-            "files": ("resize", [f"data.train_subset={args.cifar_subset}"])}, args, report)
+            "files": ("resize", [f"data.train_subset={args.cifar_subset}"])}, args, args.repeats,
+            report)
         large = tmp / "large"
         start = time.perf_counter()
         make_folder(large, {"train": args.large // 10, "test": args.large // 100}, (500, 375))
         report["large_make_s"] = time.perf_counter() - start
         measure_set("224 px from 500x375 JPEGs", large, 224, {
-            "files": ("random_resized", []), "memory": ("resize", [])}, args, report)
+            "files": ("random_resized", []), "memory": ("resize", [])}, args, args.large_repeats,
+            report)
         shutil.rmtree(large)
         for key, (_, name, size) in MODELS.items():
             report["models"][key] = {amp: model_rate(name, size, amp == "bf16", args.model_steps)
@@ -288,13 +293,18 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _ms(values: list[float], digits: int = 0) -> str:
+    """``mean ± std``, or the one value measured."""
     m, s = mean_std(values)
+    if len(values) == 1:
+        return f"{m:,.{digits}f}"
     return f"{m:,.{digits}f} ± {s:,.{digits}f}"
 
 
 def pipeline_tables(r: dict) -> str:
     lines = [f"Machine: {r['machine']}. Batch {r['batch']}, seed {r['seed']}; {r['warmup']} "
-             f"warm-up + {r['steps']} timed batches, {r['repeats']} repeats, mean ± std; "
+             f"warm-up + {r['steps']} timed batches per measurement, repeated "
+             + ", ".join(sorted({f"{e['repeats']}x at {e['set'].split()[0]} px"
+                                 for e in r["pipeline"]})) + " (mean ± std when repeated); "
              "images/s counts samples (cds builds two views of each). No model step.", "",
              "| images | store (crop) | method | 0 workers | 1 worker | 2 workers | "
              "default (`auto`) |", "|---|---|---|---|---|---|---|"]
@@ -339,10 +349,12 @@ def pipeline_tables(r: dict) -> str:
 
 def memory_table(r: dict) -> str:
     rows = {(x["multiple"], x["store"]): x for x in r["rss"]}
-    lines = ["Peak resident memory of the training process (`ru_maxrss`, a fresh process per "
-             "row; its input workers not counted), `small_cnn` at 64 px, "
-             "`data.num_workers=2`, 20 steps and the final evaluation, one run each; the "
-             "images are 256x256 JPEGs (train + test; val is carved from train).", "",
+    lines = ["Peak resident memory of the training process (`VmHWM`, a fresh process per "
+             "row, after `auxilia`'s `train`: data loaded, "
+             f"{r['rss'][0].get('steps', 20)} steps of `small_cnn` at 64 px with "
+             "`data.num_workers=2`, the final evaluation; its worker processes not counted), "
+             "one run each; the images are 256x256 JPEGs (train + test; val is carved from "
+             "train).", "",
              "| size | image files | file store (MiB) | memory store (MiB) | decoded at 64 px "
              "(MiB) |", "|---|---|---|---|---|"]
     for k in sorted({m for m, _ in rows}):
@@ -357,6 +369,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large-repeats", type=int, default=1,
+                        help="repeats at 224 px (a measurement takes 10-30 s there)")
     parser.add_argument("--host-steps", type=int, default=10)
     parser.add_argument("--model-steps", type=int, default=3)
     parser.add_argument("--cifar-subset", type=int, default=5000)
@@ -375,7 +389,7 @@ def main() -> None:
         rss_child(root, store, int(steps), runs)
         return
     if args.smoke:
-        args.steps, args.warmup, args.repeats, args.host_steps, args.model_steps = 2, 1, 1, 2, 1
+        args.steps, args.warmup, args.repeats, args.host_steps, args.model_steps = 2, 1, 2, 2, 1
         args.cifar_subset, args.large, args.rss_base, args.multiples = 500, 100, 50, [1, 2]
         args.rss_steps = 3
     if args.table_only:

@@ -110,9 +110,10 @@ def test_the_state_is_the_position_consumed_and_resumes_exactly(small: Path) -> 
     _same(_batches(setup, 2, 4, start=5, state=state), reference[5:])
 
 
-def test_a_file_store_run_trains_resumes_and_exports(small: Path, tmp_path: Path) -> None:
+def test_a_run_over_the_memory_budget_trains_resumes_and_exports(small: Path,
+                                                                 tmp_path: Path) -> None:
     overrides = [*QUIET, f"run.dir={tmp_path}", "data.source=folder", f"data.root={small}",
-                 "data.storage=files", "data.image_size=12", "data.num_workers=2",
+                 "data.memory_budget=1KB", "data.image_size=12", "data.num_workers=2",
                  "data.batch_size=8", "train.steps=8", "train.eval_every=4"]
     straight = train(load_config(None, [*overrides, "run.name=straight"]))
     broken = load_config(None, [*overrides, "run.name=broken"])
@@ -130,5 +131,5 @@ def test_a_file_store_run_trains_resumes_and_exports(small: Path, tmp_path: Path
         assert torch.equal(a, b)
     exported = export_run(straight.run_dir, "state_dict", tmp_path / "model.safetensors")
     assert exported.path.is_file()
-    assert any(line.strip().startswith("storage: files (data.storage=files)")
+    assert any(line.strip().startswith("storage: files: ") and "over the memory budget" in line
                for line in exported.header)  # the data lines every command prints

@@ -244,7 +244,8 @@ def _index_to_files(paths: list[str], cfg: DataConfig, store: StoreChoice) -> De
                 "set data.image_size=... (e.g. data.image_size=32) to resize every image to "
                 "one square size")
         height, width = shapes[0]
-    images = FileImages(np.array(paths, dtype=object)[rows], store.decoding(cfg, height, width))
+    absolute = np.array([os.path.abspath(p) for p in paths], dtype=object)  # whatever the cwd
+    images = FileImages(absolute[rows], store.decoding(cfg, height, width))
     return DecodedFiles(images, kept, torch.from_numpy(index.keys),
                         torch.from_numpy(index.sizes), [*notes, *index.notes])
 
